@@ -1,0 +1,1 @@
+"""Pallas kernels for jaxagents (block-sparse attention lands with the MMInference issue)."""

@@ -1,0 +1,16 @@
+"""Test-wide settings: CPU only, eight fake devices for the sharding tests, deterministic seeds."""
+
+import os
+
+# Must run before jax is imported anywhere in the test session.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed_numpy():
+  np.random.seed(0)
