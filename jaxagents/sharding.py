@@ -1,0 +1,149 @@
+"""Device meshes and logical-axis rules: the one place that maps parameter names to devices.
+
+Modules annotate every parameter with logical axis names (`nn.with_logical_partitioning`) and constrain
+activations with `nn.with_logical_constraint`; nothing else in the library names a mesh axis. This module
+builds a `jax.sharding.Mesh` with the axes `data`, `fsdp` and `tensor` (any of them of size 1) and maps
+logical names to those axes with one rules table, as MaxText's `logical_axis_rules` does.
+
+Multi-host runs call `maybe_initialize_distributed()` first: on a TPU pod slice, under SLURM, or with
+`JAXAGENTS_DISTRIBUTED=1` / `JAX_COORDINATOR_ADDRESS` set, it calls `jax.distributed.initialize()`, whose
+cluster auto-detection fills in the coordinator, process count and process id.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical name -> mesh axes. `batch` is split over every data-parallel axis; weights are split along their
+# `embed` dimension over fsdp (ZeRO-3 style) and along heads/mlp/vocab over tensor (Megatron style).
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+  ("batch", ("data", "fsdp")),
+  ("length", None),
+  ("embed", "fsdp"),
+  ("vocab", "tensor"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("head_dim", None),
+  ("mlp", "tensor"),
+  ("norm", None),
+  ("layers", None),  # the stacked axis of `nn.scan`ned blocks
+)
+
+
+def maybe_initialize_distributed() -> bool:
+  """Calls `jax.distributed.initialize()` when this process is one of several; returns whether it did.
+
+  Detection is deliberately explicit: `JAXAGENTS_DISTRIBUTED=1`, a coordinator address in the environment,
+  a SLURM job step with more than one task, or a multi-host TPU slice (`TPU_WORKER_HOSTNAMES` lists
+  several hosts). A single-process run never initializes, so laptops and CI are unaffected.
+  """
+  env = os.environ
+  multi_task_slurm = int(env.get("SLURM_NTASKS", "1")) > 1
+  multi_host_tpu = len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+  wanted = (
+    env.get("JAXAGENTS_DISTRIBUTED") == "1"
+    or "JAX_COORDINATOR_ADDRESS" in env
+    or multi_task_slurm
+    or multi_host_tpu
+  )
+  if not wanted or jax.distributed.is_initialized():
+    return False
+  jax.distributed.initialize()
+  return True
+
+
+def make_mesh(axis_sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Builds a mesh with axes `('data', 'fsdp', 'tensor')` from sizes such as `{'data': -1, 'tensor': 2}`.
+
+  Missing axes have size 1; at most one axis may be -1 and takes the devices that remain. The product must
+  equal the number of devices. Devices are laid out with `tensor` fastest so that tensor-parallel groups
+  stay within a host (and within an ICI/NVLink island).
+  """
+  unknown = set(axis_sizes) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f"mesh: unknown axis names {sorted(unknown)}; expected a subset of {MESH_AXES}.")
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = {name: int(axis_sizes.get(name, 1)) for name in MESH_AXES}
+  free = [name for name, size in sizes.items() if size == -1]
+  if len(free) > 1:
+    raise ValueError(f"mesh: at most one axis may be -1, got {free} in {dict(axis_sizes)}.")
+  if any(size == 0 or size < -1 for size in sizes.values()):
+    raise ValueError(f"mesh: axis sizes must be positive or -1, got {dict(axis_sizes)}.")
+  fixed = math.prod(size for size in sizes.values() if size != -1)
+  if free:
+    if len(devices) % fixed:
+      raise ValueError(
+        f"mesh: {len(devices)} devices are not divisible by the fixed axes {dict(axis_sizes)} (product {fixed})."
+      )
+    sizes[free[0]] = len(devices) // fixed
+  if math.prod(sizes.values()) != len(devices):
+    raise ValueError(
+      f"mesh: axis sizes {sizes} multiply to {math.prod(sizes.values())}, but there are {len(devices)} devices."
+    )
+  shape = tuple(sizes[name] for name in MESH_AXES)
+  if len(devices) > 1 and devices == list(jax.devices()):
+    device_array = mesh_utils.create_device_mesh(shape, devices)
+  else:
+    device_array = np.asarray(devices, dtype=object).reshape(shape)
+  return Mesh(device_array, MESH_AXES)
+
+
+def logical_to_sharding(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
+  """Maps a pytree of boxed params (or abstract values) to `NamedSharding`s via their logical axis names.
+
+  Leaves without logical metadata (step counters, RNG keys, optimizer scalars) are replicated.
+  """
+  logical_specs = nn.get_partition_spec(tree)
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, list(rules))
+
+
+def unbox(tree: Any) -> Any:
+  """Strips logical-axis metadata boxes, without adding sharding constraints (safe outside `jit` too)."""
+  return jax.tree.map(
+    lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.LogicallyPartitioned) else nn.meta.unbox(x),
+    tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata),
+  )
+
+
+def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> NamedSharding:
+  """Sharding for host batches: the leading (batch) dimension over the data-parallel axes."""
+  return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch",), list(rules)))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def shard_batch(batch: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
+  """Turns each host's local numpy batch into global arrays sharded over the data-parallel axes.
+
+  Every host passes its own slice (`batch_size` per host); the global batch is their concatenation, which
+  is what `jax.make_array_from_process_local_data` assembles on multi-host runs.
+  """
+  sharding = batch_sharding(mesh, rules)
+  data_parallel = sharding.num_devices // math.prod(
+    size for axis, size in mesh.shape.items() if axis not in jax.tree.leaves(tuple(sharding.spec))
+  )
+
+  def put(x):
+    x = np.asarray(x)
+    global_batch = x.shape[0] * jax.process_count()
+    if global_batch % data_parallel:
+      raise ValueError(
+        f"batch: the global batch size {global_batch} must be divisible by the data-parallel mesh size "
+        f"{data_parallel} (mesh {dict(mesh.shape)})."
+      )
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return jax.tree.map(put, batch)

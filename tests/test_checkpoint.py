@@ -1,0 +1,72 @@
+"""Checkpointer: atomic saves, restore into a sharding, data position restored, corrupt dirs named."""
+
+import os
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxagents import checkpoint as checkpoint_lib
+from jaxagents import sharding
+
+
+def _state(seed=0):
+  key = jax.random.key(seed)
+  return {"step": jnp.asarray(3, jnp.int32), "params": {"w": jax.random.normal(key, (8, 4)), "b": jnp.ones(4)}}
+
+
+def _iterator():
+  return iter(grain.MapDataset.range(100).shuffle(seed=1).batch(4).to_iter_dataset())
+
+
+def test_restore_gives_same_arrays_in_the_requested_sharding_and_data_position(tmp_path):
+  state = _state()
+  data = _iterator()
+  for _ in range(3):
+    next(data)
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path, save_every=1, keep=2, async_save=True)
+  assert checkpointer.save(3, state, data)
+  expected_next = next(data)
+  checkpointer.wait()
+
+  mesh = sharding.make_mesh({"fsdp": 4, "tensor": 2})
+  shardings = {"step": NamedSharding(mesh, PartitionSpec()),
+               "params": {"w": NamedSharding(mesh, PartitionSpec("fsdp", "tensor")),
+                          "b": NamedSharding(mesh, PartitionSpec())}}
+  abstract = checkpoint_lib.abstract_with_shardings(state, shardings)
+  fresh = _iterator()
+  restored = checkpoint_lib.Checkpointer(tmp_path, save_every=1).restore(3, abstract, fresh)
+  assert restored["params"]["w"].sharding == shardings["params"]["w"]
+  jax.tree.map(np.testing.assert_array_equal, restored, state)
+  np.testing.assert_array_equal(next(fresh), expected_next)
+
+
+def test_keep_limits_the_number_of_checkpoints(tmp_path):
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path, save_every=2, keep=2, async_save=False)
+  for step in range(1, 9):
+    checkpointer.save(step, _state(step))
+  checkpointer.close()
+  assert checkpoint_lib.Checkpointer(tmp_path, save_every=2).all_steps() == [6, 8]
+
+
+def test_truncated_checkpoint_raises_error_naming_the_path(tmp_path):
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path, save_every=1, async_save=False)
+  checkpointer.save(5, _state())
+  checkpointer.close()
+  step_dir = tmp_path / "5"
+  files = [os.path.join(root, name) for root, _, names in os.walk(step_dir / "state") for name in names]
+  for path in files:  # truncate every file of the state item to half its size
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+      f.truncate(size // 2)
+  abstract = jax.eval_shape(_state)
+  with pytest.raises(checkpoint_lib.CheckpointError, match=str(step_dir)):
+    checkpoint_lib.Checkpointer(tmp_path, save_every=1).restore(5, abstract)
+
+
+def test_save_every_must_be_positive(tmp_path):
+  with pytest.raises(ValueError, match="save_every"):
+    checkpoint_lib.Checkpointer(tmp_path, save_every=0)
