@@ -84,7 +84,10 @@ def plot_curves(records: Sequence[Mapping[str, float]], keys: Sequence[str], pat
   fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4), squeeze=False)
   for ax, key in zip(axes[0], keys):
     points = [(r["step"], r[key]) for r in records if key in r]
-    ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 40 else None)
+    ys = [p[1] for p in points]
+    ax.plot([p[0] for p in points], ys, marker="." if len(points) < 40 else None)
+    if min(ys) > 0 and max(ys) > 100 * min(ys):  # losses that fall by orders of magnitude read better in log
+      ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_title(key)
     ax.grid(alpha=0.3)
