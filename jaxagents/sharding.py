@@ -5,9 +5,10 @@ activations with `nn.with_logical_constraint`; nothing else in the library names
 builds a `jax.sharding.Mesh` with the axes `data`, `fsdp` and `tensor` (any of them of size 1) and maps
 logical names to those axes with one rules table, as MaxText's `logical_axis_rules` does.
 
-Multi-host runs call `maybe_initialize_distributed()` first: on a TPU pod slice, under SLURM, or with
-`JAXAGENTS_DISTRIBUTED=1` / `JAX_COORDINATOR_ADDRESS` set, it calls `jax.distributed.initialize()`, whose
-cluster auto-detection fills in the coordinator, process count and process id.
+Multi-host runs call `maybe_initialize_distributed()` first: under SLURM, on GKE TPU slices, or with
+`JAXAGENTS_DISTRIBUTED=1` (what `tpu/launch.sh` sets) / `JAX_COORDINATOR_ADDRESS` set, it calls
+`jax.distributed.initialize()`, whose cluster auto-detection fills in the coordinator, process count and
+process id (see docs/multihost.md).
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ def maybe_initialize_distributed() -> bool:
   """Calls `jax.distributed.initialize()` when this process is one of several; returns whether it did.
 
   Detection is deliberately explicit: `JAXAGENTS_DISTRIBUTED=1`, a coordinator address in the environment,
-  a SLURM job step with more than one task, or a multi-host TPU slice (`TPU_WORKER_HOSTNAMES` lists
-  several hosts). A single-process run never initializes, so laptops and CI are unaffected.
+  a SLURM job step with more than one task, or a GKE TPU slice (`TPU_WORKER_HOSTNAMES` lists several hosts;
+  gcloud TPU VMs do not set it, so `tpu/launch.sh` sets `JAXAGENTS_DISTRIBUTED=1`). A manual launch passes
+  `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` (jax itself reads only the first). A
+  single-process run never initializes, so laptops and CI are unaffected.
   """
   env = os.environ
   multi_task_slurm = int(env.get("SLURM_NTASKS", "1")) > 1
@@ -59,7 +62,12 @@ def maybe_initialize_distributed() -> bool:
   )
   if not wanted or jax.distributed.is_initialized():
     return False
-  jax.distributed.initialize()
+  kwargs = {}
+  if "JAX_NUM_PROCESSES" in env:
+    kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
+  if "JAX_PROCESS_ID" in env:
+    kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
+  jax.distributed.initialize(**kwargs)
   return True
 
 

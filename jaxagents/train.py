@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
+from etils import epath
 
 from jaxagents import checkpoint as checkpoint_lib
 from jaxagents import metrics as metrics_lib
@@ -46,7 +47,7 @@ def _mesh_context(mesh):
   return set_mesh(mesh) if set_mesh is not None else mesh
 
 
-def _check_finite(step_metrics: list[tuple[int, dict[str, float]]], checkpointer, workdir: str) -> None:
+def _check_finite(step_metrics: list[tuple[int, dict[str, float]]], checkpointer) -> None:
   for step, values in step_metrics:
     bad = {key: value for key, value in values.items() if not math.isfinite(value)}
     if bad:
@@ -68,10 +69,10 @@ def train(config, workdir: str, *, devices: list[jax.Device] | None = None) -> d
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.DEFAULT_RULES
   is_main = jax.process_index() == 0
+  workdir_path = epath.Path(workdir)  # a local directory or a bucket path (gs://...)
   if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
 
   task = get_task(config.task, config)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
@@ -101,7 +102,7 @@ def train(config, workdir: str, *, devices: list[jax.Device] | None = None) -> d
 
     # 4. Restore or initialise.
     checkpointer = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), save_every=config.checkpoint.save_every,
+      workdir_path / "checkpoints", save_every=config.checkpoint.save_every,
       keep=config.checkpoint.keep, async_save=config.checkpoint.async_save,
     )
     start_step = checkpointer.latest_step()
@@ -156,7 +157,7 @@ def train(config, workdir: str, *, devices: list[jax.Device] | None = None) -> d
       if save_due or step % config.log_every == 0:
         fetched = [(s, {k: float(v) for k, v in jax.device_get(m).items()}) for s, m in pending]
         pending.clear()
-        _check_finite(fetched, checkpointer, workdir)
+        _check_finite(fetched, checkpointer)
         averaged = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
         writer.write(step, averaged)
         final_metrics.update(averaged)
@@ -175,9 +176,8 @@ def train(config, workdir: str, *, devices: list[jax.Device] | None = None) -> d
   writer.close()
   if is_main:
     records = metrics_lib.read_metrics(writer.path)
-    metrics_lib.plot_curves(records, list(config.plot_keys), os.path.join(workdir, "loss.png"), title=config.task)
-    with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
-      json.dump(final_metrics, f, indent=2)
+    metrics_lib.plot_curves(records, list(config.plot_keys), workdir_path / "loss.png", title=config.task)
+    (workdir_path / "final_metrics.json").write_text(json.dumps(final_metrics, indent=2))
   return final_metrics
 
 
