@@ -120,7 +120,8 @@ def train(config, workdir: str, *, devices: list[jax.Device] | None = None) -> d
       updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
       params = optax.apply_updates(state["params"], updates)
       measurements = {
-        **measurements, "loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(step),
+        **measurements, "loss": loss, "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
+        "learning_rate": schedule(step),
       }
       return {"step": step + 1, "params": params, "opt_state": opt_state}, measurements
 

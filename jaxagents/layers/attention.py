@@ -1,0 +1,304 @@
+"""Scaled dot-product attention (Vaswani et al. 2017, Eq. 1) with GQA (Ainslie et al. 2023, arXiv 2305.13245),
+position-based causal masking, segment (packing) masks and key padding -- one function, several backends.
+
+`attention(q, k, v, ...)` validates its inputs, resolves `backend` and calls `ATTENTION_BACKENDS[backend]`:
+  * 'xla'   -- the einsum reference below; every other backend is tested against it.
+  * 'cudnn' -- `jax.nn.dot_product_attention(implementation='cudnn')` (GPU only, bf16/fp16).
+  * 'auto'  -- 'cudnn' on a GPU for bf16/fp16 inputs with no mask that cuDNN cannot express natively,
+               else 'xla'.
+
+Masking semantics (shared by all backends): key t is visible to query s iff every given condition holds:
+  * causal:   kv_positions[t] <= q_positions[s]. Default positions are `arange`, with the queries aligned to
+              the *end* of the keys (q_positions = arange(S) + T - S), so S < T decode-style calls are
+              correct. Per-row positions [B, S] / [B, T] keep permuted or cached tokens correct.
+  * segments: q_segment_ids[s] == kv_segment_ids[t] (packed sequences, per-image ViT blocks).
+  * kv_mask[t] (padding, bool) and t < kv_lengths (right padding, int).
+  * mask[b, h, s, t] (explicit bool, broadcastable to [B, Hq, S, T]).
+Scores are computed in `softmax_dtype` (float32) and masked with `finfo(softmax_dtype).min`, not -inf; a
+query row with no visible key outputs zeros (never NaN). Probabilities are cast to v.dtype before the product
+with V, as HF's eager attention does.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+# A backend takes (q, k, v) and, as keywords, exactly the masking arguments of `attention` plus `scale` (a
+# float, already resolved) and `softmax_dtype`; inputs arrive validated. A Pallas backend registers itself
+# with `ATTENTION_BACKENDS['sparse'] = fn` at import time.
+AttentionBackend = Callable[..., jax.Array]
+ATTENTION_BACKENDS: dict[str, AttentionBackend] = {}
+
+_MASK_ARGS = (
+  "q_segment_ids",
+  "kv_segment_ids",
+  "kv_mask",
+  "kv_lengths",
+  "mask",
+  "q_positions",
+  "kv_positions",
+)
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def _shape_error(name: str, expected: str, actual: Any) -> ValueError:
+  return ValueError(f"attention: `{name}` must be {expected}, got {actual}")
+
+
+def _validate(
+  q,
+  k,
+  v,
+  *,
+  q_segment_ids,
+  kv_segment_ids,
+  kv_mask,
+  kv_lengths,
+  mask,
+  q_positions,
+  kv_positions,
+  softmax_dtype,
+) -> None:
+  for name, x, layout in (("q", q, "[B, S, Hq, D]"), ("k", k, "[B, T, Hk, D]"), ("v", v, "[B, T, Hk, Dv]")):
+    if x.ndim != 4:
+      raise _shape_error(name, f"rank 4 {layout}", f"rank {x.ndim} with shape {x.shape}")
+  if v.shape[:3] != k.shape[:3]:
+    raise _shape_error("v", f"shape [B, T, Hk, Dv] = {k.shape[:3]} + [Dv] to match k {k.shape}", v.shape)
+  if q.shape[0] != k.shape[0]:
+    raise _shape_error("k", f"batch size {q.shape[0]} (from q {q.shape})", f"{k.shape[0]} (k {k.shape})")
+  if q.shape[-1] != k.shape[-1]:
+    raise _shape_error("k", f"head_dim {q.shape[-1]} (from q {q.shape})", f"{k.shape[-1]} (k {k.shape})")
+  if q.shape[2] % k.shape[2]:
+    raise ValueError(
+      f"attention: mismatched heads: `q` heads Hq={q.shape[2]} must be a multiple of `k`/`v` heads "
+      f"Hk={k.shape[2]} (q {q.shape}, k {k.shape})"
+    )
+  if not (q.dtype == k.dtype == v.dtype):
+    raise ValueError(
+      f"attention: `q`, `k`, `v` must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}"
+    )
+  if not jnp.issubdtype(softmax_dtype, jnp.floating):
+    raise _shape_error("softmax_dtype", "a floating dtype", softmax_dtype)
+
+  (batch, q_len, num_heads, _), kv_len = q.shape, k.shape[1]
+  for name, x, length in (
+    ("q_segment_ids", q_segment_ids, q_len),
+    ("kv_segment_ids", kv_segment_ids, kv_len),
+  ):
+    if x is not None and x.shape != (batch, length):
+      raise _shape_error(name, f"shape [B, {'S' if name[0] == 'q' else 'T'}] = {(batch, length)}", x.shape)
+  if (q_segment_ids is None) != (kv_segment_ids is None) and q_len != kv_len:
+    missing = "kv_segment_ids" if kv_segment_ids is None else "q_segment_ids"
+    raise _shape_error(missing, f"given when S != T (S={q_len}, T={kv_len}) and the other one is", None)
+  for name, x, length in (("q_positions", q_positions, q_len), ("kv_positions", kv_positions, kv_len)):
+    if x is not None and x.shape not in ((length,), (batch, length)):
+      raise _shape_error(name, f"shape [{length}] or [B, {length}] with B={batch}", x.shape)
+  if kv_mask is not None and (kv_mask.shape != (batch, kv_len) or kv_mask.dtype != jnp.bool_):
+    raise _shape_error(
+      "kv_mask", f"bool of shape [B, T] = {(batch, kv_len)}", f"{kv_mask.dtype}{kv_mask.shape}"
+    )
+  if kv_lengths is not None and (
+    kv_lengths.shape != (batch,) or not jnp.issubdtype(kv_lengths.dtype, jnp.integer)
+  ):
+    raise _shape_error(
+      "kv_lengths", f"int of shape [B] = ({batch},)", f"{kv_lengths.dtype}{kv_lengths.shape}"
+    )
+  if mask is not None:
+    full = (batch, num_heads, q_len, kv_len)
+    if mask.ndim != 4 or mask.dtype != jnp.bool_ or any(m not in (1, f) for m, f in zip(mask.shape, full)):
+      raise _shape_error("mask", f"bool broadcastable to [B, Hq, S, T] = {full}", f"{mask.dtype}{mask.shape}")
+
+
+def make_attention_mask(
+  q_len: int,
+  kv_len: int,
+  *,
+  causal: bool = False,
+  q_segment_ids=None,
+  kv_segment_ids=None,
+  kv_mask=None,
+  kv_lengths=None,
+  mask=None,
+  q_positions=None,
+  kv_positions=None,
+) -> jax.Array | None:
+  """Combines the masking arguments of `attention` into one bool mask [B|1, Hq|1, S, T] (True = visible).
+
+  Size-1 batch/head axes are kept (callers broadcast); returns None when nothing is masked. Inputs are assumed
+  validated (see `attention`).
+  """
+  parts = []
+  if causal:
+    if q_positions is None:
+      q_positions = jnp.arange(q_len) + (kv_len - q_len)
+    if kv_positions is None:
+      kv_positions = jnp.arange(kv_len)
+    q_pos = jnp.asarray(q_positions).reshape(-1, q_len)
+    kv_pos = jnp.asarray(kv_positions).reshape(-1, kv_len)
+    parts.append((kv_pos[:, None, :] <= q_pos[:, :, None])[:, None])
+  if q_segment_ids is not None or kv_segment_ids is not None:
+    q_seg = q_segment_ids if q_segment_ids is not None else kv_segment_ids
+    kv_seg = kv_segment_ids if kv_segment_ids is not None else q_segment_ids
+    parts.append((q_seg[:, :, None] == kv_seg[:, None, :])[:, None])
+  if kv_mask is not None:
+    parts.append(kv_mask[:, None, None, :])
+  if kv_lengths is not None:
+    parts.append((jnp.arange(kv_len)[None, :] < kv_lengths[:, None])[:, None, None, :])
+  if mask is not None:
+    parts.append(mask)
+  if not parts:
+    return None
+  combined = parts[0]
+  for part in parts[1:]:
+    combined = jnp.logical_and(combined, part)
+  return combined
+
+
+def _attention_xla(q, k, v, *, causal, scale, softmax_dtype, **mask_kwargs) -> jax.Array:
+  """Reference einsum attention; GQA groups query heads onto kv heads without repeating K/V."""
+  batch, q_len, num_heads, head_dim = q.shape
+  kv_len, num_kv_heads, v_dim = k.shape[1], k.shape[2], v.shape[-1]
+  groups = num_heads // num_kv_heads
+  q = q.reshape(batch, q_len, num_kv_heads, groups, head_dim)
+  scores = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=softmax_dtype) * scale
+  visible = make_attention_mask(q_len, kv_len, causal=causal, **mask_kwargs)
+  if visible is not None:
+    if visible.shape[1] == num_heads:  # per-query-head mask: split heads as q was
+      visible = visible.reshape(visible.shape[0], num_kv_heads, groups, q_len, kv_len)
+    else:
+      visible = visible[:, :, None]
+    scores = jnp.where(visible, scores, jnp.finfo(softmax_dtype).min)
+  probs = jax.nn.softmax(scores, axis=-1)
+  if visible is not None:
+    # Masked entries are already exactly 0 except in rows with no visible key (uniform); those become 0.
+    probs = jnp.where(visible, probs, 0)
+  out = jnp.einsum("bkgst,btkv->bskgv", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  return out.reshape(batch, q_len, num_heads, v_dim).astype(v.dtype)
+
+
+def _attention_cudnn(q, k, v, *, causal, scale, softmax_dtype, **mask_kwargs) -> jax.Array:
+  """cuDNN flash attention via `jax.nn.dot_product_attention`.
+
+  Native cuDNN masks are used where they mean the same thing as ours: `is_causal` only when S == T with
+  default positions (cuDNN's causal mask is top-left aligned), and `key_value_seq_lengths` for `kv_lengths`.
+  Everything else is passed as an explicit bool mask (turned into a bias by JAX). Softmax runs in float32
+  inside cuDNN.
+  """
+  del softmax_dtype
+  if jax.default_backend() != "gpu":
+    raise RuntimeError(
+      f"attention: backend='cudnn' needs a GPU (cuDNN), but JAX's default backend is "
+      f"'{jax.default_backend()}'; use backend='xla' or backend='auto'"
+    )
+  if v.shape != k.shape:
+    raise _shape_error("v", f"the shape of k {k.shape} for backend='cudnn'", v.shape)
+  q_len, kv_len = q.shape[1], k.shape[1]
+  kv_lengths = mask_kwargs.pop("kv_lengths")
+  default_positions = mask_kwargs["q_positions"] is None and mask_kwargs["kv_positions"] is None
+  native_causal = causal and q_len == kv_len and default_positions
+  explicit = make_attention_mask(q_len, kv_len, causal=causal and not native_causal, **mask_kwargs)
+  out = jax.nn.dot_product_attention(
+    q,
+    k,
+    v,
+    mask=explicit,
+    scale=scale,
+    is_causal=native_causal,
+    key_value_seq_lengths=None if kv_lengths is None else kv_lengths.astype(jnp.int32),
+    implementation="cudnn",
+  )
+  # Rows with no visible key: cuDNN gives a uniform average (mask is a finite bias); we define them as zeros.
+  if explicit is not None:
+    row_visible = make_attention_mask(q_len, kv_len, causal=causal, kv_lengths=kv_lengths, **mask_kwargs)
+    row_visible = jnp.any(row_visible, axis=-1).transpose(0, 2, 1)[..., None]  # [B|1, S, Hq|1, 1]
+    out = jnp.where(row_visible, out, 0)
+  elif kv_lengths is not None:
+    out = jnp.where((kv_lengths > 0)[:, None, None, None], out, 0)
+  return out
+
+
+ATTENTION_BACKENDS["xla"] = _attention_xla
+ATTENTION_BACKENDS["cudnn"] = _attention_cudnn
+
+
+def _auto_backend(q, k, v, *, causal, mask_kwargs) -> str:
+  plain = all(mask_kwargs[name] is None for name in _MASK_ARGS if name != "kv_lengths")
+  return (
+    "cudnn"
+    if (
+      jax.default_backend() == "gpu"
+      and q.dtype in _CUDNN_DTYPES
+      and plain
+      and (not causal or q.shape[1] == k.shape[1])
+      and v.shape == k.shape
+      and q.shape[-1] % 8 == 0
+      and q.shape[-1] <= 128
+    )
+    else "xla"
+  )
+
+
+def attention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  *,
+  causal: bool = False,
+  q_segment_ids: jax.Array | None = None,
+  kv_segment_ids: jax.Array | None = None,
+  kv_mask: jax.Array | None = None,
+  kv_lengths: jax.Array | None = None,
+  mask: jax.Array | None = None,
+  q_positions: jax.Array | None = None,
+  kv_positions: jax.Array | None = None,
+  scale: float | None = None,
+  backend: str = "xla",
+  softmax_dtype: Dtype = jnp.float32,
+) -> jax.Array:
+  """softmax(q k^T * scale + mask) v, see the module docstring for the masking rules.
+
+  Args:
+    q: [B, S, Hq, D] queries.
+    k: [B, T, Hk, D] keys; Hq % Hk == 0 (GQA / MQA when Hk < Hq).
+    v: [B, T, Hk, Dv] values.
+    causal: mask keys at later positions than the query.
+    q_segment_ids, kv_segment_ids: [B, S] / [B, T] int; attend only within equal ids. If only one is given and
+      S == T it is used for both.
+    kv_mask: [B, T] bool, False = padding key.
+    kv_lengths: [B] int, keys t >= kv_lengths[b] are padding (cuDNN handles this natively).
+    mask: bool broadcastable to [B, Hq, S, T] (4-D, e.g. [B, 1, S, T]).
+    q_positions, kv_positions: [S] or [B, S] / [T] or [B, T] int positions, used by `causal` (ignored
+      otherwise).
+    scale: score scale; default 1 / sqrt(D).
+    backend: 'xla', 'cudnn', 'auto', or any name registered in `ATTENTION_BACKENDS`.
+    softmax_dtype: dtype of scores and softmax.
+  Returns:
+    [B, S, Hq, Dv] in v.dtype.
+  """
+  mask_kwargs = dict(
+    q_segment_ids=q_segment_ids,
+    kv_segment_ids=kv_segment_ids,
+    kv_mask=kv_mask,
+    kv_lengths=kv_lengths,
+    mask=mask,
+    q_positions=q_positions,
+    kv_positions=kv_positions,
+  )
+  mask_kwargs = {name: None if x is None else jnp.asarray(x) for name, x in mask_kwargs.items()}
+  q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+  _validate(q, k, v, softmax_dtype=softmax_dtype, **mask_kwargs)
+  if backend == "auto":
+    backend = _auto_backend(q, k, v, causal=causal, mask_kwargs=mask_kwargs)
+  if backend not in ATTENTION_BACKENDS:
+    raise ValueError(
+      f"attention: `backend` must be one of {sorted([*ATTENTION_BACKENDS, 'auto'])}, got {backend!r}"
+    )
+  scale = float(1.0 / np.sqrt(q.shape[-1])) if scale is None else scale
+  return ATTENTION_BACKENDS[backend](
+    q, k, v, causal=causal, scale=scale, softmax_dtype=softmax_dtype, **mask_kwargs
+  )
