@@ -280,16 +280,8 @@ def attention(
   Returns:
     [B, S, Hq, Dv] in v.dtype.
   """
-  mask_kwargs = dict(
-    q_segment_ids=q_segment_ids,
-    kv_segment_ids=kv_segment_ids,
-    kv_mask=kv_mask,
-    kv_lengths=kv_lengths,
-    mask=mask,
-    q_positions=q_positions,
-    kv_positions=kv_positions,
-  )
-  mask_kwargs = {name: None if x is None else jnp.asarray(x) for name, x in mask_kwargs.items()}
+  given = (q_segment_ids, kv_segment_ids, kv_mask, kv_lengths, mask, q_positions, kv_positions)  # _MASK_ARGS order
+  mask_kwargs = {name: None if x is None else jnp.asarray(x) for name, x in zip(_MASK_ARGS, given, strict=True)}
   q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
   _validate(q, k, v, softmax_dtype=softmax_dtype, **mask_kwargs)
   if backend == "auto":

@@ -40,17 +40,16 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
   return ACTIVATIONS[name]
 
 
-class GatedMLP(nn.Module):
-  """down(act(gate(x)) * up(x)).
+class _MLPBase(nn.Module):
+  """Attributes shared by both MLPs.
 
   Attributes:
-    hidden_dim: width of the gated hidden layer (axis 'mlp').
-    activation: name from `ACTIVATIONS` applied to the gate branch.
-    use_bias: biases on all three projections.
+    hidden_dim: width of the hidden layer (axis 'mlp').
+    activation: name from `ACTIVATIONS`.
+    use_bias: biases on every projection.
     out_features: output width; None keeps the input width E.
     dtype / param_dtype: compute and storage dtypes.
-  Submodules 'gate', 'up' (kernels [E, hidden], axes ('embed', 'mlp')) and 'down' ([hidden, E],
-  ('mlp', 'embed')).
+  Input kernels are [E, hidden] with axes ('embed', 'mlp'); the output kernel is [hidden, E], ('mlp', 'embed').
   """
 
   hidden_dim: int
@@ -60,39 +59,41 @@ class GatedMLP(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: [..., E] -> [..., out_features or E]."""
-    act = activation(self.activation)
-    kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
-    gate = Dense(self.hidden_dim, axes=("embed", "mlp"), name="gate", **kw)(x)
-    up = Dense(self.hidden_dim, axes=("embed", "mlp"), name="up", **kw)(x)
-    return Dense(self.out_features or x.shape[-1], axes=("mlp", "embed"), name="down", **kw)(act(gate) * up)
+  def _in(self, x: jax.Array, name: str) -> jax.Array:
+    return self._dense(self.hidden_dim, ("embed", "mlp"), name)(x)
+
+  def _out(self, h: jax.Array, width: int, name: str) -> jax.Array:
+    return self._dense(self.out_features or width, ("mlp", "embed"), name)(h)
+
+  def _dense(self, features: int, axes: tuple[str, str], name: str) -> Dense:
+    return Dense(features, axes=axes, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                 name=name)
 
 
-class MLP(nn.Module):
-  """fc2(act(fc1(x))).
+class GatedMLP(_MLPBase):
+  """down(act(gate(x)) * up(x)) (SwiGLU with the default 'silu'; Shazeer 2020, arXiv 2002.05202).
 
-  Attributes:
-    hidden_dim: hidden width (axis 'mlp').
-    activation: name from `ACTIVATIONS`; default exact GELU as in ViT/CLIP-style torch models.
-    use_bias: biases on both projections.
-    out_features: output width; None keeps the input width E.
-    dtype / param_dtype: compute and storage dtypes.
-  Submodules 'fc1' (kernel [E, hidden], axes ('embed', 'mlp')) and 'fc2' ([hidden, E], ('mlp', 'embed')).
+  Submodules 'gate', 'up' and 'down'; attributes as `_MLPBase` (default: silu, no biases).
   """
 
-  hidden_dim: int
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [..., E] -> [..., out_features or E]."""
+    gated = activation(self.activation)(self._in(x, "gate")) * self._in(x, "up")
+    return self._out(gated, x.shape[-1], "down")
+
+
+class MLP(_MLPBase):
+  """fc2(act(fc1(x))).
+
+  Submodules 'fc1' and 'fc2'; attributes as `_MLPBase`, but the defaults are exact GELU with biases, as in
+  ViT/CLIP-style torch models.
+  """
+
   activation: str = "gelu"
   use_bias: bool = True
-  out_features: int | None = None
-  dtype: Dtype | None = None
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [..., E] -> [..., out_features or E]."""
-    act = activation(self.activation)
-    kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
-    h = act(Dense(self.hidden_dim, axes=("embed", "mlp"), name="fc1", **kw)(x))
-    return Dense(self.out_features or x.shape[-1], axes=("mlp", "embed"), name="fc2", **kw)(h)
+    return self._out(activation(self.activation)(self._in(x, "fc1")), x.shape[-1], "fc2")

@@ -14,6 +14,11 @@ import jax.numpy as jnp
 Dtype = Any
 
 
+def _norm_param(module: nn.Module, name: str, init, features: int) -> jax.Array:
+  """A per-feature norm parameter `[E]` on the logical axis 'norm'."""
+  return module.param(name, nn.with_logical_partitioning(init, ("norm",)), (features,), module.param_dtype)
+
+
 class RMSNorm(nn.Module):
   """Root-mean-square norm over the last axis.
 
@@ -38,12 +43,7 @@ class RMSNorm(nn.Module):
     normed = normed.astype(x.dtype)
     if not self.use_scale:
       return normed.astype(self.dtype or x.dtype)
-    scale = self.param(
-      "scale",
-      nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-      (x.shape[-1],),
-      self.param_dtype,
-    )
+    scale = _norm_param(self, "scale", nn.initializers.ones_init(), x.shape[-1])
     normed, scale = nn.dtypes.promote_dtype(normed, scale, dtype=self.dtype)
     return normed * scale
 
@@ -77,19 +77,7 @@ class LayerNorm(nn.Module):
     var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
     y = centred * jax.lax.rsqrt(var + self.eps)
     if self.use_scale:
-      scale = self.param(
-        "scale",
-        nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-        (features,),
-        self.param_dtype,
-      )
-      y = y * scale.astype(jnp.float32)
+      y = y * _norm_param(self, "scale", nn.initializers.ones_init(), features).astype(jnp.float32)
     if self.use_bias:
-      bias = self.param(
-        "bias",
-        nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
-        (features,),
-        self.param_dtype,
-      )
-      y = y + bias.astype(jnp.float32)
+      y = y + _norm_param(self, "bias", nn.initializers.zeros_init(), features).astype(jnp.float32)
     return y.astype(self.dtype or x.dtype)
