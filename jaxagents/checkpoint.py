@@ -38,6 +38,8 @@ class Checkpointer:
                async_save: bool = True):
     if save_every <= 0:
       raise ValueError(f"save_every must be a positive number of steps, got {save_every}.")
+    if "://" not in os.fspath(directory):
+      directory = os.path.abspath(directory)  # orbax requires absolute paths; users type relative ones
     self.directory = epath.Path(directory)
     options = ocp.CheckpointManagerOptions(
       save_interval_steps=save_every,

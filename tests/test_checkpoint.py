@@ -70,3 +70,13 @@ def test_truncated_checkpoint_raises_error_naming_the_path(tmp_path):
 def test_save_every_must_be_positive(tmp_path):
   with pytest.raises(ValueError, match="save_every"):
     checkpoint_lib.Checkpointer(tmp_path, save_every=0)
+
+
+def test_relative_directory_saves_and_restores(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  checkpointer = checkpoint_lib.Checkpointer("runs/checkpoints", save_every=1, async_save=True)
+  checkpointer.save(1, _state())
+  checkpointer.close()
+  assert checkpoint_lib.Checkpointer("runs/checkpoints", save_every=1).all_steps() == [1]
+  restored = checkpoint_lib.Checkpointer("runs/checkpoints", save_every=1).restore(1, jax.eval_shape(_state))
+  jax.tree.map(np.testing.assert_array_equal, restored, _state())
