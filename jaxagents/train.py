@@ -106,6 +106,11 @@ def train(config, workdir: str, *, devices: list[jax.Device] | None = None) -> d
       keep=config.checkpoint.keep, async_save=config.checkpoint.async_save,
     )
     start_step = checkpointer.latest_step()
+    if start_step is not None and start_step >= config.total_steps:
+      checkpointer.close()
+      print(f"The run in {workdir} is complete (step {start_step} of {config.total_steps}); nothing to do.",
+            file=sys.stderr)
+      return json.loads((workdir_path / "final_metrics.json").read_text())
     if start_step is not None:
       state = checkpointer.restore(start_step, abstract_state, data_iterator)
       print(f"Resumed from step {start_step} in {checkpointer.directory}.", file=sys.stderr)

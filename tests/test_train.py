@@ -1,5 +1,6 @@
 """The generic train loop: sharded == unsharded, kill/resume is bitwise, NaNs stop the run with a message."""
 
+import json
 import os
 import subprocess
 import sys
@@ -95,6 +96,11 @@ def test_sigkilled_run_resumes_bitwise_identical(tmp_path):
   loss_b = {r["step"]: r.get("loss") for r in metrics_lib.read_metrics(tmp_path / "resumed" / "metrics.jsonl")}
   assert {s: loss_a[s] for s in (15, 20, 25, 30)} == {s: loss_b[s] for s in (15, 20, 25, 30)}
   assert (tmp_path / "resumed" / "loss.png").stat().st_size > 0
+
+  final = json.loads((tmp_path / "resumed" / "final_metrics.json").read_text())
+  again = _run(tmp_path / "resumed")  # a complete run is left as it is
+  assert again.returncode == 0 and "is complete (step 30 of 30)" in again.stderr, again.stderr[-3000:]
+  assert json.loads((tmp_path / "resumed" / "final_metrics.json").read_text()) == final
 
 
 def test_non_finite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
