@@ -29,6 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
 
   c.log_every = 25
+  c.tensorboard = True  # also write TensorBoard events (when the tensorboard package is installed)
   c.eval_every = 100
   c.checkpoint = dict(save_every=200, keep=2, async_save=True)
   c.plot_keys = ("loss", "eval/loss", "eval/sequence_accuracy", "learning_rate")

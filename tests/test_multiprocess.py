@@ -1,0 +1,156 @@
+"""Multi-host training: two CPU processes joined by `jax.distributed` train exactly like one process.
+
+The two-process run is the real entrypoint (`python -m jaxagents.train`), launched as a manual multi-host job
+(`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`), each process with 2 CPU devices: one global
+mesh of 4 devices, `data=2 x fsdp=2`, so every step crosses processes (gloo, jax's default CPU collectives).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxagents import metrics as metrics_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICKSTART = os.path.join(REPO, "configs", "quickstart.py")
+NUM_PROCESSES = 2
+STEPS = 6
+TIMEOUT_S = 240
+
+# The same global job for every run: batch 8 (4 per host), a 4-device mesh, one checkpoint at the end.
+ARGS = (
+  "--config", QUICKSTART, f"--config.total_steps={STEPS}", "--config.log_every=1", "--config.eval_every=1000",
+  f"--config.checkpoint.save_every={STEPS}", "--config.batch_size=8", "--config.data.num_train_records=512",
+  "--config.data.num_eval_records=16", "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.tensorboard=False",
+)
+
+# One process, 4 devices, fed the global batch that two hosts assemble: host h reads records h::2 of the source
+# (`make_pipeline` shards by process index), so here each batch is host 0's batch followed by host 1's, built by
+# the same `make_pipeline` calls the two hosts make. Everything else is the unmodified entrypoint.
+REFERENCE_DRIVER = f"""
+import runpy, sys
+import grain
+import numpy as np
+import jaxagents.data
+
+make_host_pipeline = jaxagents.data.make_pipeline
+
+def two_host_pipeline(source, *, batch_size, **kwargs):
+  print("reference: global batch of {NUM_PROCESSES} host shards", file=sys.stderr)
+  hosts = [
+    make_host_pipeline(source, batch_size=batch_size // {NUM_PROCESSES}, shard_index=host,
+                       shard_count={NUM_PROCESSES}, **kwargs)
+    for host in range({NUM_PROCESSES})
+  ]
+  concat = lambda batches: {{key: np.concatenate([b[key] for b in batches]) for key in batches[0]}}
+  return grain.experimental.ZipIterDataset(hosts).map(concat)
+
+jaxagents.data.make_pipeline = two_host_pipeline
+runpy.run_module("jaxagents.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _child_env(num_devices: int, **extra: str) -> dict[str, str]:
+  env = {key: value for key, value in os.environ.items() if not key.startswith(("JAX_", "SLURM_", "TPU_"))}
+  env.pop("JAXAGENTS_DISTRIBUTED", None)
+  env.pop("JAXAGENTS_SIGKILL_AFTER_STEP", None)
+  env["JAX_PLATFORMS"] = "cpu"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"  # replaces conftest's 8
+  return {**env, **extra}
+
+
+def _run_all(jobs: dict[str, tuple[list[str], dict[str, str]]], log_dir) -> dict[str, tuple[int | None, str]]:
+  """Starts every job at once; kills all of them as soon as one fails (a lone host would hang in a collective).
+
+  Returns {name: (exit code, negative if killed by that signal; tail of stderr)}.
+  """
+  procs, logs = {}, {}
+  for name, (argv, env) in jobs.items():
+    logs[name] = open(log_dir / f"{name}.stderr", "w+", encoding="utf-8")  # noqa: SIM115 (closed below)
+    procs[name] = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=logs[name])
+  deadline = time.monotonic() + TIMEOUT_S
+  try:
+    while time.monotonic() < deadline:
+      codes = [p.poll() for p in procs.values()]
+      if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes):
+        break
+      time.sleep(0.2)
+  finally:
+    for p in procs.values():
+      if p.poll() is None:
+        p.kill()
+      p.wait()
+  results = {}
+  for name, log in logs.items():
+    log.seek(0)
+    results[name] = (procs[name].returncode, log.read()[-3000:])
+    log.close()
+  return results
+
+
+def _train_records(workdir) -> list[dict[str, float]]:
+  return [r for r in metrics_lib.read_metrics(workdir / "metrics.jsonl") if "loss" in r]
+
+
+def _saved_state(workdir):
+  """The final checkpoint's state as host numpy arrays (it was saved from other devices than this process has)."""
+  path = os.fspath(workdir / "checkpoints" / str(STEPS) / "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  saved = checkpointer.metadata(path).item_metadata.tree
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
+  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+
+
+def test_two_process_run_equals_single_process_run_on_the_same_global_batch(tmp_path):
+  """Two processes x 2 devices train like one process x 4 devices: same per-step losses, same final params.
+
+  The single-process reference cannot simply be the same command: a host reads its own shard of the source
+  (`shard_index=process_index`), so one process alone would see other records. The reference therefore runs the
+  same entrypoint and config with its data pipeline replaced by the two hosts' pipelines concatenated
+  (REFERENCE_DRIVER), i.e. the same global batch at every step. Loss and gradients are batch means, so the two
+  runs may differ only in the order of floating-point sums (rtol 1e-5): a wrong cross-host gradient reduction,
+  a host training on stale or duplicated data, or parameters diverging between hosts would all show here.
+  """
+  port = _free_port()
+  python = [sys.executable, "-m", "jaxagents.train", "--workdir", str(tmp_path / "two"), *ARGS]
+  jobs = {
+    f"process_{i}": (python, _child_env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                        JAX_NUM_PROCESSES=str(NUM_PROCESSES), JAX_PROCESS_ID=str(i)))
+    for i in range(NUM_PROCESSES)
+  }
+  jobs["reference"] = ([sys.executable, "-c", REFERENCE_DRIVER, "--workdir", str(tmp_path / "one"), *ARGS],
+                       _child_env(4))
+  results = _run_all(jobs, tmp_path)
+  report = "\n".join(f"--- {name}: exit {code}\n{tail}" for name, (code, tail) in results.items())
+  assert all(code == 0 for code, _ in results.values()), report
+  assert "reference: global batch of 2 host shards" in results["reference"][1], report
+
+  two, one = _train_records(tmp_path / "two"), _train_records(tmp_path / "one")
+  assert [r["step"] for r in two] == [r["step"] for r in one] == list(range(1, STEPS + 1))
+  for key in ("loss", "grad_norm", "param_norm"):
+    np.testing.assert_allclose([r[key] for r in two], [r[key] for r in one], rtol=1e-5, err_msg=key)
+  assert two[-1]["loss"] < two[0]["loss"]  # it trained: six warmup steps already lower the loss
+
+  # Both hosts took part in the final checkpoint, and its parameters match the reference's.
+  data_files = sorted(os.listdir(tmp_path / "two" / "checkpoints" / str(STEPS) / "data"))
+  assert [f for f in data_files if f.endswith(".json")] == ["process_0-of-2.json", "process_1-of-2.json"]
+  host_positions = [json.loads((tmp_path / "two" / "checkpoints" / str(STEPS) / "data" / f).read_text())
+                    for f in ("process_0-of-2.json", "process_1-of-2.json")]
+  assert host_positions[0] == host_positions[1]  # each host stopped at the same position of its own shard
+  state_two, state_one = _saved_state(tmp_path / "two"), _saved_state(tmp_path / "one")
+  assert int(state_two["step"]) == int(state_one["step"]) == STEPS
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               state_two["params"], state_one["params"])
