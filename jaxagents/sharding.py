@@ -26,11 +26,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# Logical name -> mesh axes. `batch` is split over every data-parallel axis; weights are split along their
-# `embed` dimension over fsdp (ZeRO-3 style) and along heads/mlp/vocab over tensor (Megatron style).
+# Logical name -> mesh axes (MaxText's naming). Weights are split along their `embed` dimension over fsdp
+# (ZeRO-3 style) and along heads/mlp/vocab over tensor (Megatron style). Activations have names of their own:
+# their batch is split over every data-parallel axis, their heads over tensor, and their embedding dimension is
+# whole on each device (fsdp gathers weights, never activations).
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-  ("batch", ("data", "fsdp")),
-  ("length", None),
+  ("activation_batch", ("data", "fsdp")),
+  ("activation_length", None),
+  ("activation_embed", None),
+  ("activation_heads", "tensor"),
+  ("activation_kv_heads", "tensor"),
   ("embed", "fsdp"),
   ("vocab", "tensor"),
   ("heads", "tensor"),
@@ -126,7 +131,7 @@ def unbox(tree: Any) -> Any:
 
 def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> NamedSharding:
   """Sharding for host batches: the leading (batch) dimension over the data-parallel axes."""
-  return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch",), list(rules)))
+  return NamedSharding(mesh, nn.logical_to_mesh_axes(("activation_batch",), list(rules)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

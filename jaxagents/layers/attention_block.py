@@ -77,9 +77,9 @@ class SelfAttention(nn.Module):
     q = q.reshape(batch, length, self.num_heads, self.head_dim)
     k = k.reshape(batch, length, self.num_kv_heads, self.head_dim)
     v = v.reshape(batch, length, self.num_kv_heads, self.head_dim)
-    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
-    k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
-    v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
+    q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads", "head_dim"))
+    k = nn.with_logical_constraint(k, ("activation_batch", "activation_length", "activation_kv_heads", "head_dim"))
+    v = nn.with_logical_constraint(v, ("activation_batch", "activation_length", "activation_kv_heads", "head_dim"))
     if self.qk_norm:
       q = RMSNorm(eps=self.norm_eps, name="q_norm", **kw)(q)
       k = RMSNorm(eps=self.norm_eps, name="k_norm", **kw)(k)
@@ -89,6 +89,6 @@ class SelfAttention(nn.Module):
     # Keep q/k/v in one dtype for attention(): the norms may promote when dtype is None.
     q, k, v = (t.astype(v.dtype) for t in (q, k, v))
     out = attention(q, k, v, backend=self.backend, **attention_kwargs)
-    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
+    out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", "head_dim"))
     out = out.reshape(batch, length, self.num_heads * self.head_dim)
     return Dense(embed, axes=("heads", "embed"), use_bias=self.out_bias, name="o", **kw)(out)

@@ -62,7 +62,7 @@ class TransformerBlock(nn.Module):
   def __call__(self, x: jax.Array, angles: jax.Array | None = None, **mask_kwargs) -> jax.Array:
     """x: [B, S, E]; angles: [B, S, D/2] or None; `mask_kwargs` go to `attention()`. Returns [B, S, E]."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
     h = make_norm(self.norm, self.norm_eps, name="attn_norm", **kw)(x)
     h = SelfAttention(
       num_heads=self.num_heads,
@@ -79,9 +79,9 @@ class TransformerBlock(nn.Module):
       **kw,
     )(h, angles, **mask_kwargs)
     x = x + h.astype(x.dtype)
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
     h = make_norm(self.norm, self.norm_eps, name="mlp_norm", **kw)(x)
     mlp_cls = GatedMLP if self.gated_mlp else MLP
     h = mlp_cls(self.mlp_dim, activation=self.activation, use_bias=self.mlp_bias, name="mlp", **kw)(h)
     x = x + h.astype(x.dtype)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))

@@ -66,7 +66,7 @@ class CausalLM(nn.Module):
     if tokens.ndim != 2:
       raise ValueError(f"tokens: expected shape [batch, length], got {tokens.shape}.")
     embed = layers.Embed(c.vocab_size, c.embed_dim, dtype=self.dtype, name="embed")
-    x = embed(tokens)
+    x = nn.with_logical_constraint(embed(tokens), ("activation_batch", "activation_length", "activation_embed"))
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     angles = layers.rope_angles(positions, c.head_dim, c.rope_theta)
 
