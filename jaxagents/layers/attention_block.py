@@ -1,8 +1,9 @@
 """Multi-head self-attention block: q/k/v/o projections, optional QK-norm (Qwen3; Dehghani et al. 2023,
 arXiv 2302.05442), RoPE, and `attention()` with any of its masks and backends.
 
-A KV cache slots in between RoPE and `attention()` later: keys/values are rotated at their own positions, so
-the cache stores rotated keys and the call passes `q_positions` / `kv_positions` (or `kv_lengths`).
+With a `KVCache` the block writes its rotated keys and values at slot `cache_index` and attends over the whole
+cache; causality is then by cache slot (`q_positions = cache_index + arange(S)`, `kv_positions = arange(S_max)`
+unless given), and the caller masks empty or padded slots with `kv_mask: [B, S_max]`.
 """
 
 from typing import Any
@@ -12,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxagents.layers.attention import attention
+from jaxagents.layers.kv_cache import KVCache, update_cache
 from jaxagents.layers.linear import Dense
 from jaxagents.layers.norms import RMSNorm
 from jaxagents.layers.rotary import apply_rope
@@ -52,10 +54,19 @@ class SelfAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, angles: jax.Array | None = None, **attention_kwargs) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    angles: jax.Array | None = None,
+    *,
+    cache: KVCache | None = None,
+    cache_index: jax.Array | int | None = None,
+    **attention_kwargs,
+  ) -> jax.Array | tuple[jax.Array, KVCache]:
     """x: [B, S, E]; angles: [B, S, D/2] (or broadcastable) or None for no RoPE; `attention_kwargs` are passed
     to `attention()` (causal, q_segment_ids, kv_segment_ids, kv_mask, kv_lengths, mask, q_positions,
-    kv_positions, scale). Returns [B, S, E]."""
+    kv_positions, scale). Returns [B, S, E], or `(out, updated cache)` when `cache` ([B, S_max, Hk, D]) is
+    given, in which case `cache_index` (int or traced scalar) is the slot of x's first token."""
     if x.ndim != 3:
       raise ValueError(f"SelfAttention: `x` must have shape [B, S, E], got {x.shape}")
     if self.num_heads % self.num_kv_heads:
@@ -86,9 +97,17 @@ class SelfAttention(nn.Module):
     if angles is not None:
       q = apply_rope(q, angles, style=self.rope_style, compute_dtype=self.rope_compute_dtype)
       k = apply_rope(k, angles, style=self.rope_style, compute_dtype=self.rope_compute_dtype)
-    # Keep q/k/v in one dtype for attention(): the norms may promote when dtype is None.
-    q, k, v = (t.astype(v.dtype) for t in (q, k, v))
+    compute_dtype = v.dtype  # the norms may promote q/k when dtype is None; the cache may store another dtype
+    if cache is not None:
+      if cache_index is None:
+        raise ValueError("SelfAttention: `cache_index` is required with `cache` (the slot of x's first token)")
+      cache = update_cache(cache, k, v, cache_index)
+      k, v = cache.k, cache.v
+      attention_kwargs.setdefault("q_positions", jnp.asarray(cache_index, jnp.int32) + jnp.arange(length))
+      attention_kwargs.setdefault("kv_positions", jnp.arange(cache.max_length))
+    q, k, v = (t.astype(compute_dtype) for t in (q, k, v))
     out = attention(q, k, v, backend=self.backend, **attention_kwargs)
     out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", "head_dim"))
     out = out.reshape(batch, length, self.num_heads * self.head_dim)
-    return Dense(embed, axes=("heads", "embed"), use_bias=self.out_bias, name="o", **kw)(out)
+    out = Dense(embed, axes=("heads", "embed"), use_bias=self.out_bias, name="o", **kw)(out)
+    return out if cache is None else (out, cache)

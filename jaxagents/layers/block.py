@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxagents.layers.attention_block import SelfAttention
+from jaxagents.layers.kv_cache import KVCache
 from jaxagents.layers.mlp import MLP, GatedMLP
 from jaxagents.layers.norms import LayerNorm, RMSNorm
 
@@ -59,8 +60,17 @@ class TransformerBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, angles: jax.Array | None = None, **mask_kwargs) -> jax.Array:
-    """x: [B, S, E]; angles: [B, S, D/2] or None; `mask_kwargs` go to `attention()`. Returns [B, S, E]."""
+  def __call__(
+    self,
+    x: jax.Array,
+    angles: jax.Array | None = None,
+    *,
+    cache: KVCache | None = None,
+    cache_index: jax.Array | int | None = None,
+    **mask_kwargs,
+  ) -> jax.Array | tuple[jax.Array, KVCache]:
+    """x: [B, S, E]; angles: [B, S, D/2] or None; `mask_kwargs` go to `attention()`. Returns [B, S, E], or
+    `(x, updated cache)` when a `KVCache` is given (see `SelfAttention`)."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
     h = make_norm(self.norm, self.norm_eps, name="attn_norm", **kw)(x)
@@ -77,11 +87,14 @@ class TransformerBlock(nn.Module):
       backend=self.backend,
       name="attn",
       **kw,
-    )(h, angles, **mask_kwargs)
+    )(h, angles, cache=cache, cache_index=cache_index, **mask_kwargs)
+    if cache is not None:
+      h, cache = h
     x = x + h.astype(x.dtype)
     x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
     h = make_norm(self.norm, self.norm_eps, name="mlp_norm", **kw)(x)
     mlp_cls = GatedMLP if self.gated_mlp else MLP
     h = mlp_cls(self.mlp_dim, activation=self.activation, use_bias=self.mlp_bias, name="mlp", **kw)(h)
     x = x + h.astype(x.dtype)
-    return nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+    x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+    return x if cache is None else (x, cache)

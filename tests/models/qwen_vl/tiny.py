@@ -62,3 +62,73 @@ def hf_model(family, seed=0):
       elif tensor.is_floating_point():
         tensor.normal_(0, 0.2)
   return model
+
+
+PAD, VS, VE, IMG, VID = 249, 252, 253, 254, 255
+IMAGE_GRIDS = [[1, 4, 6], [1, 6, 4], [1, 2, 2]]
+VIDEO_GRIDS = [[2, 4, 4], [3, 2, 4]]
+
+
+def left_pad(rows, pad=PAD):
+  """Left-pads token rows to one length: (input_ids [B, L] int64, attention_mask [B, L] int64)."""
+  import numpy as np
+
+  length = max(len(r) for r in rows)
+  ids = np.full((len(rows), length), pad, np.int64)
+  mask = np.zeros((len(rows), length), np.int64)
+  for b, row in enumerate(rows):
+    ids[b, length - len(row):] = row
+    mask[b, length - len(row):] = 1
+  return ids, mask
+
+
+def batch(family, kind, seed=0):
+  """The vlm.md §4 inputs: kind 'text', 'images' or 'video' -> dict of numpy arrays in HF's argument names.
+
+  Includes `mm_token_type_ids` (1 at image pads, 2 at video pads) and, for Qwen2.5-VL video,
+  `second_per_grid_ts`. Pixel values are random normals of the right patch width.
+  """
+  import numpy as np
+
+  rng = np.random.default_rng(seed)
+  patch_dim = 3 * 2 * (16 if family == "qwen3_vl" else 14) ** 2
+  out = {}
+  if kind == "text":
+    rows = [list(range(5, 12)), [12, 13, 14]]
+  elif kind == "images":
+    rows = [[5, 6, VS, *[IMG] * 6, VE, 7, VS, *[IMG] * 6, VE, 8, 9], [10, VS, IMG, VE, 11]]
+    out["pixel_values"] = rng.standard_normal((52, patch_dim)).astype(np.float32)
+    out["image_grid_thw"] = np.array(IMAGE_GRIDS, np.int64)
+  elif kind == "video":
+    out["pixel_values_videos"] = rng.standard_normal((56, patch_dim)).astype(np.float32)
+    out["video_grid_thw"] = np.array(VIDEO_GRIDS, np.int64)
+    if family == "qwen3_vl":  # one <t seconds> VS pads VE block per frame group (vlm.md §3.4), inside VS ... VE
+      def video(t, hw):
+        return [tok for f in range(t) for tok in (20 + f, 21, VS, *[VID] * (hw // 4), VE)]
+      rows = [[5, VS, *video(2, 16), VE, 6], [9, VS, *video(3, 8), VE, 10]]
+    else:
+      rows = [[5, VS, *[VID] * 8, VE, 6, 7, 8], [9, VS, *[VID] * 6, VE, 10]]
+      if family == "qwen2_5_vl":
+        out["second_per_grid_ts"] = np.array([1.0, 0.5], np.float32)
+  else:
+    raise ValueError(kind)
+  ids, mask = left_pad(rows)
+  out.update(input_ids=ids, attention_mask=mask,
+             mm_token_type_ids=np.where(ids == IMG, 1, np.where(ids == VID, 2, 0)).astype(np.int64))
+  return out
+
+
+def hf_logits(model, inputs):
+  """fp32 logits [B, L, V] of an HF model on `batch()` inputs, plus its (3, B, L) position ids."""
+  import torch
+
+  kwargs = {k: torch.from_numpy(v) for k, v in inputs.items()}
+  model.model.rope_deltas = None  # HF caches it between calls (vlm.md §4 pitfalls)
+  with torch.no_grad():
+    positions, _ = model.model.get_rope_index(
+      kwargs["input_ids"], kwargs["mm_token_type_ids"], image_grid_thw=kwargs.get("image_grid_thw"),
+      video_grid_thw=kwargs.get("video_grid_thw"), attention_mask=kwargs["attention_mask"],
+      **({"second_per_grid_ts": kwargs["second_per_grid_ts"]} if "second_per_grid_ts" in kwargs else {}))
+    model.model.rope_deltas = None
+    logits = model(**kwargs).logits
+  return logits.float().numpy(), positions.numpy()

@@ -1,0 +1,133 @@
+"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL: vision tower + decoder LLM (../shared/specs/vlm.md §1).
+
+`QwenVL.__call__` embeds the tokens, runs the vision tower once on every image and video patch of the batch,
+scatters the merged features into the placeholder tokens (row-major over (batch, sequence), images first, then
+videos, as transformers' `masked_scatter` does, §1.3), and runs the decoder with M-RoPE positions computed on the
+host (`positions.rope_index`). Qwen3-VL's DeepStack features go to the same placeholders after the first
+decoder layers. With a `KVCache` the same call is the prefill (L prompt tokens at slot 0, vision inputs given)
+or a decode step (new tokens at slot `cache_index`, no vision inputs): one graph for rollout and training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxagents import layers
+from jaxagents.layers.kv_cache import KVCache
+from jaxagents.models.qwen_vl.config import QwenVLConfig
+from jaxagents.models.qwen_vl.text import TextDecoder
+from jaxagents.models.qwen_vl.vision import VisionTower
+from jaxagents.models.qwen_vl.vision_layout import VisionInputs
+
+Dtype = Any
+
+
+def scatter_features(
+  embeds: jax.Array, input_ids: jax.Array, features: jax.Array, image_token_id: int, video_token_id: int
+) -> jax.Array:
+  """Replaces placeholder embeddings by vision features, in transformers' order (vlm.md §1.3).
+
+  The k-th image placeholder in row-major (batch, sequence) order takes `features[k]`; the k-th video
+  placeholder takes `features[num_image_placeholders + k]` (the tower saw images first, then videos). Padding
+  rows of `features` beyond the placeholders are never read. The host checks that the counts agree
+  (`positions.rope_index` and `inputs.prepare_inputs` raise on a mismatch); under `jit` a shortfall cannot raise.
+
+  Args:
+    embeds: [B, L, D]; input_ids: [B, L] int; features: [U, D].
+  Returns:
+    [B, L, D] in embeds.dtype.
+  """
+  is_image = (input_ids == image_token_id).reshape(-1)
+  is_video = (input_ids == video_token_id).reshape(-1)
+  image_rank = jnp.cumsum(is_image) - 1
+  video_rank = jnp.sum(is_image) + jnp.cumsum(is_video) - 1
+  index = jnp.clip(jnp.where(is_image, image_rank, video_rank), 0, features.shape[0] - 1)
+  flat = embeds.reshape(-1, embeds.shape[-1])
+  flat = jnp.where((is_image | is_video)[:, None], features[index].astype(embeds.dtype), flat)
+  return flat.reshape(embeds.shape)
+
+
+class QwenVL(nn.Module):
+  """The whole model. Submodules: 'text' (`TextDecoder`), 'visual' (`VisionTower`), 'lm_head' (untied only).
+
+  Attributes:
+    config: `QwenVLConfig`.
+    dtype: compute dtype (params stay float32 unless initialised/loaded otherwise); None keeps param dtypes.
+    backend: attention backend of every layer ('xla', 'cudnn', 'auto', ...).
+    remat: rematerialisation policy of the scanned blocks ('none', 'full', 'dots').
+  """
+
+  config: QwenVLConfig
+  dtype: Dtype | None = None
+  backend: str = "xla"
+  remat: str = "none"
+
+  def setup(self):
+    c = self.config
+    self.text = TextDecoder(c.text, dtype=self.dtype, backend=self.backend, remat=self.remat)
+    self.visual = VisionTower(c.vision, dtype=self.dtype, backend=self.backend, remat=self.remat)
+    if not c.tie_word_embeddings:
+      self.lm_head = layers.Dense(c.text.vocab_size, axes=("embed", "vocab"), dtype=self.dtype)
+
+  def __call__(
+    self,
+    input_ids: jax.Array,
+    positions: jax.Array,
+    attention_mask: jax.Array,
+    vision: VisionInputs | None = None,
+    *,
+    cache: KVCache | None = None,
+    cache_index: jax.Array | int = 0,
+    kv_mask: jax.Array | None = None,
+    return_hidden: bool = False,
+  ) -> tuple[jax.Array, KVCache | None]:
+    """Logits for every input token.
+
+    Args:
+      input_ids: [B, L] int, left-padded when batched for generation.
+      positions: [3, B, L] int M-RoPE positions from `positions.rope_index`.
+      attention_mask: [B, L] bool/int, 1 at real tokens.
+      vision: `VisionInputs` of all images and videos in the batch, or None (text only, or a decode step).
+      cache: stacked `KVCache` [num_layers, B, S_max, Hk, D]; None runs without one (training, scoring).
+      cache_index: cache slot of input_ids[:, 0].
+      kv_mask: [B, S_max] bool key mask over the cache (prompt mask then generated slots); required with a
+        cache, ignored without (the attention mask is used).
+      return_hidden: also return the final hidden states [B, L, D].
+    Returns:
+      (logits [B, L, V] float32, updated cache or None), plus hidden states when `return_hidden`.
+    """
+    c = self.config
+    if input_ids.ndim != 2:
+      raise ValueError(f"input_ids: expected [B, L], got {input_ids.shape}")
+    if attention_mask.shape != input_ids.shape:
+      raise ValueError(f"attention_mask: expected {input_ids.shape} like input_ids, got {attention_mask.shape}")
+    if cache is not None and (kv_mask is None or kv_mask.shape != (input_ids.shape[0], cache.k.shape[2])):
+      raise ValueError(
+        f"kv_mask: with a cache, expected bool [B, S_max] = {(input_ids.shape[0], cache.k.shape[2])}, "
+        f"got {None if kv_mask is None else kv_mask.shape}"
+      )
+    embeds = self.text.embed_tokens(input_ids)
+    deepstack = None
+    if vision is not None:
+      features, deepstack_features = self.visual(vision)
+      embeds = scatter_features(embeds, input_ids, features, c.image_token_id, c.video_token_id)
+      if deepstack_features:
+        deepstack = jnp.stack([
+          scatter_features(jnp.zeros_like(embeds), input_ids, f, c.image_token_id, c.video_token_id)
+          for f in deepstack_features
+        ])
+    key_mask = attention_mask.astype(bool) if cache is None else kv_mask.astype(bool)
+    hidden, cache = self.text(embeds, positions, key_mask, cache=cache, cache_index=cache_index,
+                              deepstack=deepstack)
+    logits = self.text.attend(hidden) if c.tie_word_embeddings else self.lm_head(hidden)
+    logits = logits.astype(jnp.float32)
+    return (logits, cache, hidden) if return_hidden else (logits, cache)
+
+  def init_cache(self, batch: int, max_length: int, dtype: Dtype = jnp.bfloat16) -> KVCache:
+    """An empty stacked cache for `batch` rows of up to `max_length` tokens (prompt + generated)."""
+    t = self.config.text
+    return KVCache.zeros(batch, max_length, t.num_kv_heads, t.head_dim, dtype, num_layers=t.num_layers)

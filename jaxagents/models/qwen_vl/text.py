@@ -1,0 +1,118 @@
+"""The Qwen-VL decoder LLM: the Qwen2 decoder (Qwen2/2.5-VL: q/k/v biases, chunked M-RoPE) and the Qwen3
+decoder (Qwen3-VL: per-head QK RMSNorm before RoPE, interleaved M-RoPE), from the shared `TransformerBlock`.
+Table: ../shared/specs/vlm.md §1.1, §1.4; DeepStack injection §1.2 (Qwen3-VL).
+
+Blocks are scanned (`nn.scan`, params stacked on a leading 'layers' axis) and so is the KV cache
+([L, B, S_max, Hk, D]), so prefill and decode are the same graph: the rollout log-probs and the training
+recompute come from one function.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxagents import layers
+from jaxagents.layers.kv_cache import KVCache
+from jaxagents.models.causal_lm import REMAT_POLICIES
+from jaxagents.models.qwen_vl.config import TextConfig
+
+Dtype = Any
+_ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
+
+
+class _DecoderLayer(nn.Module):
+  """One decoder block in `nn.scan` form. DeepStack features are added after layer k (k < K) at visual tokens."""
+
+  config: TextConfig
+  dtype: Dtype | None
+  backend: str
+
+  @nn.compact
+  def __call__(self, x, per_layer, angles, kv_mask, cache_index, deepstack):
+    layer_index, cache = per_layer
+    c = self.config
+    out = layers.TransformerBlock(
+      num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim, mlp_dim=c.intermediate_size,
+      norm="rms", activation=c.activation, gated_mlp=True, qkv_bias=c.qkv_bias, qk_norm=c.qk_norm,
+      norm_eps=c.rms_norm_eps, backend=self.backend, dtype=self.dtype, name="block",
+    )(x, angles, causal=True, kv_mask=kv_mask, cache=cache, cache_index=cache_index)
+    x, cache = out if cache is not None else (out, None)
+    if deepstack is not None:
+      k = jnp.minimum(layer_index, deepstack.shape[0] - 1)
+      x = x + jnp.where(layer_index < deepstack.shape[0], deepstack[k].astype(x.dtype), 0)
+    return x, cache
+
+
+class TextDecoder(nn.Module):
+  """Token embedding ('embed'), scanned decoder layers ('layers'), final RMSNorm ('final_norm').
+
+  `embed_tokens(ids)` looks tokens up; `__call__` runs the layers on embeddings (the model scatters vision features
+  into them first); `attend(h)` gives tied logits.
+  """
+
+  config: TextConfig
+  dtype: Dtype | None = None
+  backend: str = "xla"
+  remat: str = "none"
+
+  def setup(self):
+    c = self.config
+    self.embed = layers.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype)
+    if REMAT_POLICIES.get(self.remat, "missing") == "missing":
+      raise ValueError(f"remat: expected one of {sorted(REMAT_POLICIES)}, got {self.remat!r}.")
+    layer = _DecoderLayer
+    if self.remat != "none":
+      layer = nn.remat(layer, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+    self.layers = nn.scan(
+      layer,
+      variable_axes={"params": 0},
+      split_rngs={"params": True},
+      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+      length=c.num_layers,
+      metadata_params={nn.PARTITION_NAME: "layers"},
+    )(c, self.dtype, self.backend)
+    self.final_norm = layers.RMSNorm(eps=c.rms_norm_eps, dtype=self.dtype)
+
+  def embed_tokens(self, ids: jax.Array) -> jax.Array:
+    """ids: [B, L] int -> [B, L, D]."""
+    return self.embed(ids)
+
+  def attend(self, hidden: jax.Array) -> jax.Array:
+    """Tied output logits: hidden [B, L, D] -> [B, L, V]."""
+    return self.embed.attend(hidden)
+
+  def __call__(
+    self,
+    embeds: jax.Array,
+    positions: jax.Array,
+    kv_mask: jax.Array,
+    *,
+    cache: KVCache | None = None,
+    cache_index: jax.Array | int = 0,
+    deepstack: jax.Array | None = None,
+  ) -> tuple[jax.Array, KVCache | None]:
+    """Runs the decoder.
+
+    Args:
+      embeds: [B, L, D] input embeddings (text tokens with vision features scattered in).
+      positions: [3, B, L] int M-RoPE positions (T, H, W); text-only inputs repeat one row three times.
+      kv_mask: [B, T] bool, False at padding keys; T = L without a cache, S_max with one.
+      cache: stacked `KVCache` [num_layers, B, S_max, Hk, D] or None; x's tokens are written at `cache_index`.
+      cache_index: slot of the first of the L tokens (shared by all rows: prompts are left-padded).
+      deepstack: [K, B, L, D] features added to the output of layer k < K (zeros at non-visual tokens).
+    Returns:
+      (final-normed hidden states [B, L, D], updated cache or None).
+    """
+    c = self.config
+    if embeds.ndim != 3 or positions.shape != (3, *embeds.shape[:2]):
+      raise ValueError(
+        f"TextDecoder: expected embeds [B, L, D] and positions [3, B, L], got {embeds.shape} and {positions.shape}"
+      )
+    angles = layers.mrope_angles(positions, c.head_dim, c.rope_theta, c.mrope_section, c.mrope_interleaved)
+    x = nn.with_logical_constraint(embeds, _ACTIVATION_AXES)
+    x, cache = self.layers(x, (jnp.arange(c.num_layers), cache), angles, kv_mask, cache_index, deepstack)
+    return self.final_norm(x), cache

@@ -1,0 +1,88 @@
+"""Logit parity with transformers 5.23 (PyTorch, CPU, fp32, eager attention) on tiny randomized models.
+
+For each of Qwen2-VL, Qwen2.5-VL and Qwen3-VL: the HF model is saved with `save_pretrained` (safetensors), our
+model is loaded from those files, and both run (a) text only, (b) text + three images of different sizes, (c)
+text + two videos, batches of 2 with left padding. Positions come from HF's `get_rope_index` here so that this
+file tests the network; `test_positions.py` tests our position ids against the same function. Then our params
+are saved back and transformers' `from_pretrained` reproduces its own logits.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from jaxagents.models.qwen_vl import convert  # noqa: E402
+from jaxagents.models.qwen_vl.model import QwenVL  # noqa: E402
+from jaxagents.models.qwen_vl.vision_layout import vision_inputs  # noqa: E402
+from tests.models.qwen_vl import tiny  # noqa: E402
+
+FAMILIES = list(tiny.TINY)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def loaded(request, tmp_path_factory):
+  """(family, HF model, our config, our params loaded from the HF model's safetensors)."""
+  family = request.param
+  hf = tiny.hf_model(family)
+  directory = str(tmp_path_factory.mktemp(family))
+  hf.save_pretrained(directory)
+  config, params = convert.load_params(directory, convert.load_config(directory, mrope_mode="hf"))
+  return family, hf, config, params
+
+
+def _vision(config, inputs):
+  if "pixel_values" in inputs:
+    return vision_inputs(inputs["pixel_values"], inputs["image_grid_thw"], config, pad_to=56)
+  if "pixel_values_videos" in inputs:
+    return vision_inputs(inputs["pixel_values_videos"], inputs["video_grid_thw"], config, pad_to=60)
+  return None
+
+
+def _relative_error(ours, ref, mask):
+  """max |ours - ref| over valid tokens, relative to the range of the reference logits."""
+  ours, ref = np.asarray(ours)[mask], ref[mask]
+  return float(np.abs(ours - ref).max() / (ref.max() - ref.min()))
+
+
+@pytest.mark.parametrize("kind", ["text", "images", "video"])
+def test_logits_match_transformers_fp32(loaded, kind):
+  family, hf, config, params = loaded
+  inputs = tiny.batch(family, kind)
+  ref, positions = tiny.hf_logits(hf, inputs)
+  logits, cache = QwenVL(config).apply({"params": params}, inputs["input_ids"], positions,
+                                       inputs["attention_mask"], _vision(config, inputs))
+  mask = inputs["attention_mask"].astype(bool)
+  assert cache is None
+  assert logits.shape == ref.shape
+  assert _relative_error(logits, ref, mask) < 1e-5
+  assert np.abs(np.asarray(logits)[mask] - ref[mask]).max() < 1e-4
+
+
+def test_padded_row_equals_the_row_alone(loaded):
+  """Left padding changes nothing on the valid tokens: row 1 of the image batch vs the same row unbatched."""
+  family, hf, config, params = loaded
+  inputs = tiny.batch(family, "images")
+  hf_positions = tiny.hf_logits(hf, inputs)[1]
+  model = QwenVL(config)
+  batched, _ = model.apply({"params": params}, inputs["input_ids"], hf_positions, inputs["attention_mask"],
+                           _vision(config, inputs))
+  valid = inputs["attention_mask"][1].astype(bool)
+  alone_ids = inputs["input_ids"][1:, valid]
+  alone_positions = hf_positions[:, 1:, valid]
+  grids = inputs["image_grid_thw"][2:]
+  alone_vision = vision_inputs(inputs["pixel_values"][-4:], grids, config)
+  alone, _ = model.apply({"params": params}, alone_ids, alone_positions, np.ones_like(alone_ids), alone_vision)
+  np.testing.assert_allclose(np.asarray(batched)[1, valid], np.asarray(alone)[0], rtol=0, atol=2e-5)
+
+
+def test_saved_params_reload_in_transformers_with_identical_logits(loaded, tmp_path):
+  family, hf, config, params = loaded
+  convert.save_params(params, config, str(tmp_path), max_shard_bytes=200_000)  # forces several shards
+  assert (tmp_path / "model.safetensors.index.json").exists()
+  reloaded = type(hf).from_pretrained(str(tmp_path), attn_implementation="eager").eval()
+  for name, tensor in hf.state_dict().items():
+    assert torch.equal(reloaded.state_dict()[name], tensor), name
+  inputs = tiny.batch(family, "images")
+  np.testing.assert_array_equal(tiny.hf_logits(reloaded, inputs)[0], tiny.hf_logits(hf, inputs)[0])
