@@ -44,6 +44,11 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
   ("mlp", "tensor"),
   ("norm", None),
   ("layers", None),  # the stacked axis of `nn.scan`ned blocks
+  # KV caches (`layers.kv_cache.CACHE_AXES`): rows follow the batch, heads follow the attention heads.
+  ("cache_batch", ("data", "fsdp")),
+  ("cache_sequence", None),
+  ("cache_heads", "tensor"),
+  ("cache_kv", None),
 )
 
 

@@ -20,10 +20,12 @@ import dataclasses
 import functools
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxagents.layers.kv_cache import CACHE_AXES
 from jaxagents.models.qwen_vl.model import QwenVL
 from jaxagents.models.qwen_vl.vision_layout import VisionInputs
 
@@ -108,6 +110,8 @@ def _generate(params, input_ids, attention_mask, positions, decode_base, vision,
   batch, prompt_length = input_ids.shape
   steps = sampling.max_new_tokens
   cache = model.init_cache(batch, prompt_length + steps, cache_dtype)
+  # Under a mesh and `nn.logical_axis_rules`, the cache is born sharded like the attention heads; else a no-op.
+  cache = jax.tree.map(lambda x: nn.with_logical_constraint(x, ("layers", *CACHE_AXES)), cache)
   # Generated slots are valid keys; causality (by slot) hides the ones not written yet.
   kv_mask = jnp.concatenate([attention_mask.astype(bool), jnp.ones((batch, steps), bool)], axis=1)
   logits, cache = model.apply(params, input_ids, positions, attention_mask, vision, cache=cache, cache_index=0,

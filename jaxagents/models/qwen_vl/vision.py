@@ -48,7 +48,7 @@ class PatchMerger(nn.Module):
     width = x.shape[-1] * unit
     norm = layers.make_norm(self.norm, self.eps, self.dtype, jnp.float32, name="norm")
     x = norm(x.reshape(-1, width)) if self.postshuffle_norm else norm(x).reshape(-1, width)
-    x = layers.Dense(width, axes=("mlp", "mlp"), use_bias=True, dtype=self.dtype, name="fc1")(x)
+    x = layers.Dense(width, axes=("embed", "mlp"), use_bias=True, dtype=self.dtype, name="fc1")(x)
     x = layers.activation("gelu")(x)
     return layers.Dense(self.out_dim, axes=("mlp", "embed"), use_bias=True, dtype=self.dtype, name="fc2")(x)
 
