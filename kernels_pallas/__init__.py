@@ -1,1 +1,5 @@
-"""Pallas kernels for jaxagents (block-sparse attention lands with the MMInference issue)."""
+"""Pallas kernels for jaxagents.
+
+`kernels_pallas.block_sparse`: MMInference's block-sparse flash-attention forward (Pallas GPU via the Triton
+lowering, Pallas TPU, and a pure-JAX reference), see its package docstring.
+"""

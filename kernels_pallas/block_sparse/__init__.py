@@ -1,0 +1,34 @@
+"""Block-sparse flash attention driven by a per-query-block list of key/value blocks (MMInference, arXiv
+2504.16083; spec /work/shared/specs/mminference_pallas.md §5.1-5.2).
+
+    from kernels_pallas.block_sparse import block_sparse_attention, from_block_mask
+    out = block_sparse_attention(q, k, v, from_block_mask(block_mask, 128, 128), causal=True)
+
+Files: `layout.py` (BlockLayout and its contract), `reference.py` (dense masked oracle), `gpu_triton.py`
+(Pallas GPU, Triton lowering), `tpu.py` (Pallas TPU, scalar prefetch), `api.py` (dispatch), `_compat.py`
+(Pallas names that moved between JAX releases).
+"""
+
+from kernels_pallas.block_sparse.api import BACKENDS, block_sparse_attention
+from kernels_pallas.block_sparse.layout import (
+  BlockLayout,
+  check_layout,
+  from_block_mask,
+  to_block_mask,
+  to_token_mask,
+  validate_layout,
+)
+from kernels_pallas.block_sparse.reference import block_sparse_attention_reference, visible_mask
+
+__all__ = [
+  "BACKENDS",
+  "BlockLayout",
+  "block_sparse_attention",
+  "block_sparse_attention_reference",
+  "check_layout",
+  "from_block_mask",
+  "to_block_mask",
+  "to_token_mask",
+  "validate_layout",
+  "visible_mask",
+]

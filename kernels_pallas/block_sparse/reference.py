@@ -1,0 +1,70 @@
+"""Pure-JAX reference for block-sparse attention: dense masked softmax attention (spec §5.5, oracle 1).
+
+    visible[b, hq, s, t] = layout_block(b, h(hq), s // block_q, t // block_kv)
+                           AND (not causal OR kv_positions[b, t] <= q_positions[b, s])
+    lse[b, hq, s]        = log sum_{t visible} exp(sm_scale * q[b, s, hq] . k[b, t, hkv])
+    out[b, s, hq]        = sum_{t visible} exp(sm_scale * q . k - lse) v[b, t, hkv]
+
+with hkv = hq // (Hq / Hkv) (GQA) and h(hq) = hkv for a per-kv-head layout, hq for a per-query-head one.
+Rows with no visible key give out = 0 and lse = -inf (never NaN); every backend follows this convention.
+Computed in float32 at `Precision.HIGHEST` from the given inputs; O(S * T) memory, so it is an oracle and the
+CPU fallback, not a long-context path.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from kernels_pallas.block_sparse.layout import BlockLayout, to_token_mask
+
+
+def visible_mask(
+  layout: BlockLayout, *, num_q_heads: int, kv_len: int, causal: bool, q_positions, kv_positions
+) -> jax.Array:
+  """bool [B, Hq, S, T]: the layout's token mask per query head, AND the causal mask by positions.
+
+  q_positions: int [B, S]; kv_positions: int [B, T] (only read when causal).
+  """
+  mask = to_token_mask(layout, kv_len)  # [B, H, S, T]
+  mask = jnp.repeat(mask, num_q_heads // layout.num_heads, axis=1)
+  if causal:
+    mask &= (kv_positions[:, None, :] <= q_positions[:, :, None])[:, None]
+  return mask
+
+
+def block_sparse_attention_reference(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  layout: BlockLayout,
+  *,
+  causal: bool,
+  q_positions: jax.Array,
+  kv_positions: jax.Array,
+  sm_scale: float,
+) -> tuple[jax.Array, jax.Array]:
+  """Dense masked attention under `layout` (inputs already validated by the API).
+
+  Args:
+    q: [B, S, Hq, D]; k, v: [B, T, Hkv, D].
+    layout: BlockLayout with H in {Hkv, Hq}.
+    causal: also require kv_positions[t] <= q_positions[s].
+    q_positions: int32 [B, S]; kv_positions: int32 [B, T].
+    sm_scale: score scale.
+  Returns:
+    out [B, S, Hq, D] in q.dtype and lse float32 [B, Hq, S] (natural log; -inf on rows with no visible key).
+  """
+  batch, q_len, num_q_heads, head_dim = q.shape
+  kv_len, num_kv_heads = k.shape[1], k.shape[2]
+  groups = num_q_heads // num_kv_heads
+  highest = jax.lax.Precision.HIGHEST
+  qg = q.astype(jnp.float32).reshape(batch, q_len, num_kv_heads, groups, head_dim)
+  scores = jnp.einsum("bskgd,btkd->bkgst", qg, k.astype(jnp.float32), precision=highest) * sm_scale
+  mask = visible_mask(
+    layout, num_q_heads=num_q_heads, kv_len=kv_len, causal=causal, q_positions=q_positions, kv_positions=kv_positions
+  ).reshape(batch, num_kv_heads, groups, q_len, kv_len)
+  scores = jnp.where(mask, scores, -jnp.inf)
+  lse = jax.nn.logsumexp(scores, axis=-1)  # -inf on empty rows
+  probs = jnp.where(mask, jnp.exp(scores - jnp.where(jnp.isfinite(lse), lse, 0)[..., None]), 0.0)
+  out = jnp.einsum("bkgst,btkd->bskgd", probs, v.astype(jnp.float32), precision=highest)
+  out = out.reshape(batch, q_len, num_q_heads, head_dim).astype(q.dtype)
+  return out, lse.reshape(batch, num_q_heads, q_len)

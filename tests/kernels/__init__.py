@@ -1,0 +1,1 @@
+"""Tests of the Pallas kernels (kernels_pallas/), interpret mode on CPU."""
