@@ -34,7 +34,7 @@ def scatter_features(
   The k-th image placeholder in row-major (batch, sequence) order takes `features[k]`; the k-th video
   placeholder takes `features[num_image_placeholders + k]` (the tower saw images first, then videos). Padding
   rows of `features` beyond the placeholders are never read. The host checks that the counts agree
-  (`positions.rope_index` and `inputs.prepare_inputs` raise on a mismatch); under `jit` a shortfall cannot raise.
+  (`inputs.prepare_inputs` runs `positions.rope_index`, which raises on a mismatch); under `jit` it cannot.
 
   Args:
     embeds: [B, L, D]; input_ids: [B, L] int; features: [U, D].
