@@ -1,19 +1,32 @@
 """Qwen2-VL, Qwen2.5-VL and Qwen3-VL in Flax linen (spec: ../shared/specs/vlm.md).
 
-Typical use: `config, params = convert.load_params(checkpoint_dir)`; host-side `rope_index` and `vision_inputs`
-for a batch; `QwenVL(config).apply({'params': params}, ...)` for logits, or `generate(...)` for tokens and
-per-token log-probs.
+Typical use: `config, params = load_params(checkpoint_dir)`; on the host, `preprocess_images` /
+`preprocess_video` and `expand_prompt`, then `prepare_inputs` (positions + vision layout, with named errors);
+`QwenVL(config).apply({'params': params}, ...)` for logits, or `generate(...)` for tokens and per-token log-probs.
 """
 
 from jaxagents.models.qwen_vl.config import QwenVLConfig, TextConfig, VisionConfig
 from jaxagents.models.qwen_vl.convert import hf_to_params, load_params, params_to_hf, save_params
 from jaxagents.models.qwen_vl.generate import Generation, SamplingConfig, generate
+from jaxagents.models.qwen_vl.inputs import ModelInputs, prepare_inputs
 from jaxagents.models.qwen_vl.model import QwenVL
 from jaxagents.models.qwen_vl.positions import decode_positions, mm_token_type_ids, rope_deltas, rope_index
+from jaxagents.models.qwen_vl.preprocess import (
+  ImageOptions,
+  VideoOptions,
+  expand_prompt,
+  preprocess_images,
+  preprocess_video,
+  sample_frame_indices,
+  smart_resize,
+)
 from jaxagents.models.qwen_vl.vision_layout import VisionInputs, vision_inputs
 
 __all__ = [
   "Generation",
+  "ImageOptions",
+  "ModelInputs",
+  "VideoOptions",
   "QwenVL",
   "QwenVLConfig",
   "SamplingConfig",
@@ -21,13 +34,19 @@ __all__ = [
   "VisionConfig",
   "VisionInputs",
   "decode_positions",
+  "expand_prompt",
   "generate",
   "hf_to_params",
   "load_params",
   "mm_token_type_ids",
   "params_to_hf",
+  "prepare_inputs",
+  "preprocess_images",
+  "preprocess_video",
   "rope_deltas",
   "rope_index",
+  "sample_frame_indices",
   "save_params",
+  "smart_resize",
   "vision_inputs",
 ]
