@@ -1,6 +1,7 @@
 """Batched prefill + decode for `QwenVL` under one `jax.jit`: preallocated KV cache, static shapes, one compile.
 
-Design (../shared/specs/vlm.md §5): prompts are **left-padded** to a common length L, so every row writes its
+Design (../shared/specs/vlm.md §5): prompts are **left-padded** to a common length L (`generate` rolls
+right-padded rows into that layout), so every row writes its
 next token to the same cache slot L + s. The prefill runs the vision tower once and fills slots [0, L); each
 decode step feeds one token per row at slot L + s with M-RoPE position `decode_base + 1 + s` on all three axes
 (`positions.rope_index` returns `decode_base`; it lives in the loop state, never on the module, so batches of
@@ -149,6 +150,24 @@ def _generate(params, input_ids, attention_mask, positions, decode_base, vision,
   return Generation(tokens, logprobs, lengths)
 
 
+def to_left_padding(input_ids: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray):
+  """Rolls every row so its last real token sits in the last column (right- or un-padded rows become left-padded).
+
+  Rolling keeps each row's tokens in order, and rows stay in order, so the vision features that
+  `scatter_features` assigns by row-major placeholder order are unchanged. Positions travel with their tokens.
+  Rows without any real token are left as they are. Returns (input_ids, attention_mask, positions).
+  """
+  valid = np.asarray(attention_mask).astype(bool)
+  length = valid.shape[1]
+  last = np.where(valid.any(axis=1), length - 1 - np.argmax(valid[:, ::-1], axis=1), length - 1)
+  shift = length - 1 - last
+  if not shift.any():
+    return input_ids, attention_mask, positions
+  columns = (np.arange(length)[None, :] - shift[:, None]) % length  # out[:, c] = in[:, c - shift]
+  rows = np.arange(valid.shape[0])[:, None]
+  return input_ids[rows, columns], attention_mask[rows, columns], positions[:, rows, columns]
+
+
 def generate(
   model: QwenVL,
   params: Any,
@@ -167,7 +186,8 @@ def generate(
   Args:
     model: the `QwenVL` module (static: its config and dtype are part of the compiled program).
     params: `{'params': ...}`.
-    input_ids: [B, L] int prompts, left-padded (the last column must be a real token in every row).
+    input_ids: [B, L] int prompts, left- or right-padded (right-padded rows are rolled to left padding, the
+      layout the cache needs: every row then continues at slot L).
     attention_mask: [B, L] 1 at real tokens.
     positions: [3, B, L] M-RoPE positions and decode_base: [3, B] from `positions.rope_index`.
     vision: `VisionInputs` of the prompts' images and videos, or None.
@@ -182,18 +202,13 @@ def generate(
     raise ValueError(
       f"input_ids / attention_mask: expected matching [B, L], got {input_ids.shape} and {attention_mask.shape}"
     )
-  if not attention_mask[:, -1].all():
-    rows = np.flatnonzero(~attention_mask[:, -1].astype(bool)).tolist()
-    raise ValueError(
-      f"attention_mask: rows {rows} end in padding; generation needs left-padded prompts (pad at the start) "
-      f"so that every row continues at the same cache slot."
-    )
   positions, decode_base = np.asarray(positions), np.asarray(decode_base)
   if positions.shape != (3, *input_ids.shape) or decode_base.shape != (3, input_ids.shape[0]):
     raise ValueError(
       f"positions / decode_base: expected [3, B, L] = {(3, *input_ids.shape)} and [3, B] = "
       f"{(3, input_ids.shape[0])} (from positions.rope_index), got {positions.shape} and {decode_base.shape}"
     )
+  input_ids, attention_mask, positions = to_left_padding(input_ids, attention_mask, positions)
   if key is None:
     if sampling.temperature != 0:
       raise ValueError("key: a PRNG key is required when sampling (temperature > 0)")

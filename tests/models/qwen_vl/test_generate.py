@@ -137,11 +137,22 @@ def test_sampling_frequencies_follow_the_truncated_tempered_softmax():
   np.testing.assert_allclose(np.exp(np.asarray(logprobs)), expected[np.asarray(tokens)], rtol=1e-5)
 
 
-def test_right_padded_prompts_and_bad_settings_are_rejected(qwen3):
+def test_right_padded_prompts_generate_like_left_padded_ones(qwen3):
   config, model, params, inputs, positions, base, vision = qwen3
-  right = inputs["attention_mask"][:, ::-1]  # row 1 becomes right-padded
-  with pytest.raises(ValueError, match="left-padded"):
-    generate(model, params, inputs["input_ids"], right, positions, base, vision, sampling=SamplingConfig(2))
+  mask = inputs["attention_mask"]
+  shift = mask.shape[1] - mask.sum(axis=1)  # row 1 has 16 pads on the left; move them to the right
+  columns = (np.arange(mask.shape[1])[None] + shift[:, None]) % mask.shape[1]
+  rows = np.arange(2)[:, None]
+  right = dict(ids=inputs["input_ids"][rows, columns], mask=mask[rows, columns], positions=positions[:, rows, columns])
+  assert right["mask"][1, -1] == 0 and right["mask"][1, 0] == 1
+  sampling = SamplingConfig(6)
+  left_out = generate(model, params, inputs["input_ids"], mask, positions, base, vision, sampling=sampling)
+  right_out = generate(model, params, right["ids"], right["mask"], right["positions"], base, vision, sampling=sampling)
+  np.testing.assert_array_equal(np.asarray(right_out.tokens), np.asarray(left_out.tokens))
+
+
+def test_bad_generation_arguments_are_rejected(qwen3):
+  config, model, params, inputs, positions, base, vision = qwen3
   with pytest.raises(ValueError, match="decode_base"):
     generate(model, params, inputs["input_ids"], inputs["attention_mask"], positions, base[0], vision,
              sampling=SamplingConfig(2))
