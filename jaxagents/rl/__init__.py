@@ -1,0 +1,7 @@
+"""RL post-training (spec rl_algorithms.md): GRPO-family losses and advantages (`grpo`), Dyna-GRPO (`dyna_grpo`),
+PDCR advantages (`pdcr`), VGS losses and gradient steering (`vgs`), verifiable and Argos-style rewards
+(`rewards`), and the post-training job (`trainer`, imported on demand: it pulls in the models)."""
+
+from jaxagents.rl import dyna_grpo, grpo, pdcr, rewards, vgs
+
+__all__ = ["dyna_grpo", "grpo", "pdcr", "rewards", "vgs"]

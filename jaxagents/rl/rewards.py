@@ -1,0 +1,474 @@
+"""Verifiable rewards on decoded responses, and an Argos-style verifier that picks and gates them per sample.
+
+Spec `rl_algorithms.md` §5 (Argos, arXiv 2512.03438, MSR blog 2026-01-20 [S]) and §8.2 `argos_reward`. Rewards run
+on the host, on strings: plain Python and numpy. Every scorer returns a float in [0, 1].
+
+Scorers:
+  exact_match        1 if the normalised answer equals a normalised target (any of several targets).
+  choice             1 if the parsed multiple-choice letter equals the target letter.
+  numeric            1 if the parsed number is within rel_tol / abs_tol of the target.
+  relative_accuracy  VSI-Bench mean relative accuracy, MRA = 1/10 sum_{theta in .50,.55,..,.95} 1[|y'-y|/|y| < 1-theta]
+                     (the spec's likely reading of Argos' "relative accuracy" [R]).
+  box_iou            IoU of predicted and ground-truth boxes [x1, y1, x2, y2]; several boxes are matched greedily by
+                     IoU and the matched IoUs summed over max(#pred, #gt), so extra and missing boxes both cost.
+  point_in_box       the fraction of predicted points inside the referred box(es) (Argos' pointing metric).
+  point_in_mask      the fraction of predicted points inside the referred mask [H, W] (Argos' pointing metric).
+  temporal_iou       1-D IoU of predicted and ground-truth [start, end] segments, matched like boxes.
+
+Parsing rules (documented once, used by every scorer):
+  * `extract_answer`: the content of the last complete `\\boxed{...}` (balanced braces); else the last
+    `<answer>...</answer>`; else the rest of the line after the last "answer:" / "answer is" (any case); else the
+    whole response. Surrounding whitespace is stripped.
+  * `normalize_answer`: `\\text{x}`/`\\mathrm{x}` -> x, `$` removed, lower case, runs of whitespace -> one space,
+    leading/trailing punctuation `.,;:!?"'` and backticks removed, a leading article (a, an, the) removed.
+  * `parse_number`: the last number of the extracted answer. `\\frac{a}{b}` and `a/b` are fractions; `1,234.5`
+    uses thousands separators (groups of exactly three digits); `3e-4` is scientific; a `%` sign is dropped and the
+    value kept (50% -> 50); the Unicode minus counts as a minus; a sign right after a digit or letter is an
+    operator, not a sign.
+  * `parse_choice`: the extracted answer's letter when it is alone or opens it as "(B) ..", "B.", "B:", "B)", "B]";
+    else the letter after "option" ("option B"). Upper-cased. "B because" and "I think B" give None.
+  * `parse_boxes`: every bracketed 4-tuple of numbers, `[x1, y1, x2, y2]` or `(x1, y1, x2, y2)` (also inside JSON
+    such as Qwen2.5-VL's `{"bbox_2d": [...]}`), and Qwen-VL's `(x1,y1),(x2,y2)` corner pairs.
+  * `parse_points`: every bracketed 2-tuple `(x, y)` / `[x, y]` and Molmo's `<point x=".." y="..">` /
+    `<points x1=".." y1=".." ...>` tags.
+  * `parse_segments`: every bracketed 2-tuple of non-negative numbers, then "a to b" / "a - b" ranges (an optional
+    "s"/"sec"/"seconds" after a is allowed).
+  Coordinates are returned as written: the sample's ground truth must use the same frame (absolute pixels for
+  Qwen2.5-VL, 0-1000 for Qwen2-VL, percent for Molmo).
+
+Argos-style verifier (`ArgosVerifier`): per sample, the ground-truth fields choose the scorers ("answer" with
+"answer_type" text/choice/number, "box", "region_box", "region_mask", "segment", plus an optional reasoning judge).
+The accuracy scorer is the answer scorer, or for answer-free samples the first of box_iou, temporal_iou,
+point_in_box, point_in_mask. The others are combined by the gated aggregation (reconstruction [R], spec §5):
+
+    R = s_acc + 1[s_acc >= gate_threshold] * sum_k w_k s_k / sum_k w_k,
+
+over the selected non-accuracy scorers that returned a score: a scorer that abstains (returns None) or, for the
+judge, raises, is dropped rather than scored 0. Deviations: Argos obtains referred masks with Grounding DINO / SAM-2
+and scores reasoning with an LLM (GLM-4.5V, MOLMO-7B); here masks and boxes come with the sample and the judge is a
+callable the caller supplies (none ships with the library). With the gate closed the judge is not called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------------------------------------------------
+
+_UNSIGNED = r"(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"
+_SIGN = r"(?:(?<![\w)\]])[-+])?"
+_NUMBER_RE = re.compile(rf"(?P<fraction>{_SIGN}\d+\s*/\s*\d+)|(?P<number>{_SIGN}{_UNSIGNED})")
+_PLAIN = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_BOX_RE = re.compile(rf"[\[(]\s*({_PLAIN})\s*,\s*({_PLAIN})\s*,\s*({_PLAIN})\s*,\s*({_PLAIN})\s*[\])]")
+_CORNER_BOX_RE = re.compile(rf"\(\s*({_PLAIN})\s*,\s*({_PLAIN})\s*\)\s*,\s*\(\s*({_PLAIN})\s*,\s*({_PLAIN})\s*\)")
+_PAIR_RE = re.compile(rf"[\[(]\s*({_PLAIN})\s*,\s*({_PLAIN})\s*[\])]")
+_TIME = r"(?:\d+(?:\.\d+)?|\.\d+)"
+_SEGMENT_PAIR_RE = re.compile(rf"[\[(]\s*({_TIME})\s*,\s*({_TIME})\s*[\])]")
+_SEGMENT_RANGE_RE = re.compile(rf"({_TIME})\s*(?:s|sec|seconds)?\s*(?:to|-|–|—)\s*({_TIME})", re.IGNORECASE)
+_MOLMO_POINT_RE = re.compile(r"<point\s+x\s*=\s*\"([^\"]+)\"\s+y\s*=\s*\"([^\"]+)\"", re.IGNORECASE)
+_MOLMO_POINTS_RE = re.compile(r"<points\s+([^>]*)>", re.IGNORECASE)
+_MOLMO_COORD_RE = re.compile(r"([xy])(\d+)\s*=\s*\"([^\"]+)\"", re.IGNORECASE)
+
+
+def _last_braced(text: str, command: str) -> str | None:
+  """The content of the last complete `command{...}` in `text`, braces balanced."""
+  found = None
+  start = text.find(command)
+  while start != -1:
+    depth, begin = 0, start + len(command) - 1
+    for index in range(begin, len(text)):
+      if text[index] == "{":
+        depth += 1
+      elif text[index] == "}":
+        depth -= 1
+        if depth == 0:
+          found = text[begin + 1 : index]
+          break
+    start = text.find(command, start + 1)
+  return found
+
+
+def extract_answer(text: str) -> str:
+  """The final answer of a response, by the rules in the module docstring."""
+  boxed = _last_braced(text, "\\boxed{")
+  if boxed is not None:
+    return boxed.strip()
+  tagged = re.findall(r"<answer>(.*?)</answer>", text, flags=re.IGNORECASE | re.DOTALL)
+  if tagged:
+    return tagged[-1].strip()
+  markers = list(re.finditer(r"answer\s*(?:is\s*:?|:)", text, flags=re.IGNORECASE))
+  if markers:
+    rest = text[markers[-1].end() :].strip()
+    return rest.splitlines()[0].strip() if rest else ""
+  return text.strip()
+
+
+def normalize_answer(text: str) -> str:
+  """Canonical form for exact match (rules in the module docstring)."""
+  text = re.sub(r"\\(?:text|mathrm|textbf)\{([^{}]*)\}", r"\1", text)
+  text = text.replace("$", "").lower()
+  text = re.sub(r"\s+", " ", text).strip(" .,;:!?\"'`")
+  return re.sub(r"^(?:a|an|the) ", "", text)
+
+
+def parse_number(text: str, *, extract: bool = True) -> float | None:
+  """The last number in the (extracted) answer, or None."""
+  answer = extract_answer(text) if extract else text
+  answer = re.sub(r"\\d?frac\{([^{}]*)\}\{([^{}]*)\}", r"\1/\2", answer).replace("\u2212", "-")
+  matches = list(_NUMBER_RE.finditer(answer))
+  if not matches:
+    return None
+  last = matches[-1]
+  if last.group("fraction"):
+    numerator, denominator = (float(part) for part in last.group("fraction").split("/"))
+    return numerator / denominator if denominator != 0 else None
+  return float(last.group("number").replace(",", ""))
+
+
+def parse_choice(text: str) -> str | None:
+  """The multiple-choice letter of the (extracted) answer, upper-cased, or None."""
+  answer = extract_answer(text)
+  match = (
+    re.match(r"^\(([A-Za-z])\)", answer)
+    or re.match(r"^([A-Za-z])(?:[.:)\]]|$)", answer)
+    or re.search(r"\boption\s*\(?([A-Za-z])\)?(?:\W|$)", answer, flags=re.IGNORECASE)
+  )
+  return match.group(1).upper() if match else None
+
+
+def parse_boxes(text: str) -> np.ndarray:
+  """Boxes `[N, 4]` (x1, y1, x2, y2) found in the response, in order; `[0, 4]` if none."""
+  found = [(m.start(), m.groups()) for m in _BOX_RE.finditer(text)]
+  found += [(m.start(), m.groups()) for m in _CORNER_BOX_RE.finditer(text)]
+  values = [[float(v) for v in groups] for _, groups in sorted(found, key=lambda item: item[0])]
+  return np.asarray(values, np.float64).reshape(-1, 4)
+
+
+def parse_points(text: str) -> np.ndarray:
+  """Points `[N, 2]` (x, y) found in the response, in order; `[0, 2]` if none."""
+  found = [(m.start(), (m.group(1), m.group(2))) for m in _PAIR_RE.finditer(text)]
+  found += [(m.start(), (m.group(1), m.group(2))) for m in _MOLMO_POINT_RE.finditer(text)]
+  for tag in _MOLMO_POINTS_RE.finditer(text):
+    coords: dict[tuple[str, str], str] = {}
+    for axis, index, value in _MOLMO_COORD_RE.findall(tag.group(1)):
+      coords[(axis.lower(), index)] = value
+    for index in sorted({index for _, index in coords}, key=int):
+      if ("x", index) in coords and ("y", index) in coords:
+        found.append((tag.start() + int(index), (coords[("x", index)], coords[("y", index)])))
+  points = []
+  for _, (x, y) in sorted(found, key=lambda item: item[0]):
+    try:
+      points.append([float(x), float(y)])
+    except ValueError:  # a malformed Molmo attribute: not a point
+      continue
+  return np.asarray(points, np.float64).reshape(-1, 2)
+
+
+def parse_segments(text: str) -> np.ndarray:
+  """Temporal segments `[N, 2]` (start, end) found in the response; `[0, 2]` if none."""
+  pairs = [m.groups() for m in _SEGMENT_PAIR_RE.finditer(text)]
+  if not pairs:
+    pairs = [m.groups() for m in _SEGMENT_RANGE_RE.finditer(text)]
+  return np.asarray([[float(a), float(b)] for a, b in pairs], np.float64).reshape(-1, 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Scorers on parsed values
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _targets(target: str | Sequence[str]) -> list[str]:
+  return [target] if isinstance(target, str) else list(target)
+
+
+def exact_match(response: str, target: str | Sequence[str], *, extract: bool = True) -> float:
+  """1.0 if the normalised (extracted) answer equals any normalised target, else 0.0."""
+  answer = normalize_answer(extract_answer(response) if extract else response)
+  return float(any(answer == normalize_answer(t) for t in _targets(target)))
+
+
+def choice_match(response: str, target: str) -> float:
+  """1.0 if the parsed choice letter equals the target letter (case-insensitive), else 0.0."""
+  target_letter = parse_choice(target)
+  if target_letter is None:
+    raise ValueError(f"target: expected a choice letter such as 'B' or '(B)', got {target!r}.")
+  return float(parse_choice(response) == target_letter)
+
+
+def _target_number(target: float | str) -> float:
+  value = float(target) if not isinstance(target, str) else parse_number(target, extract=False)
+  if value is None or not math.isfinite(value):
+    raise ValueError(f"target: expected a finite number, got {target!r}.")
+  return value
+
+
+def numeric_match(response: str, target: float | str, *, rel_tol: float = 1e-4, abs_tol: float = 1e-8) -> float:
+  """1.0 if the parsed number is within `rel_tol` (relative) or `abs_tol` (absolute) of the target, else 0.0."""
+  predicted = parse_number(response)
+  if predicted is None:
+    return 0.0
+  return float(math.isclose(predicted, _target_number(target), rel_tol=rel_tol, abs_tol=abs_tol))
+
+
+MRA_THRESHOLDS = tuple(0.5 + 0.05 * k for k in range(10))
+
+
+def mean_relative_accuracy(predicted: float, target: float) -> float:
+  """VSI-Bench MRA: 1/10 sum_{theta in .50..95} 1[|predicted - target| / |target| < 1 - theta].
+
+  A target of 0 has no relative error: the score is 1 for an exact 0 and 0 otherwise [R].
+  """
+  if not math.isfinite(predicted):
+    return 0.0
+  if target == 0:
+    return float(predicted == 0)
+  relative_error = abs(predicted - target) / abs(target)
+  return sum(relative_error < 1.0 - theta for theta in MRA_THRESHOLDS) / len(MRA_THRESHOLDS)
+
+
+def relative_accuracy(response: str, target: float | str) -> float:
+  """MRA of the parsed number against the target; 0.0 when no number is found."""
+  predicted = parse_number(response)
+  return 0.0 if predicted is None else mean_relative_accuracy(predicted, _target_number(target))
+
+
+def _as_boxes(boxes: Any, name: str) -> np.ndarray:
+  boxes = np.asarray(boxes, np.float64)
+  if boxes.ndim == 1:
+    boxes = boxes[None]
+  if boxes.ndim != 2 or boxes.shape[1] != 4:
+    raise ValueError(f"{name}: expected boxes [4] or [N, 4] as (x1, y1, x2, y2), got shape {boxes.shape}.")
+  return boxes
+
+
+def box_iou(boxes_a: Any, boxes_b: Any) -> np.ndarray:
+  """Pairwise IoU `[N, M]` of boxes `[N, 4]` and `[M, 4]` (x1, y1, x2, y2, continuous coordinates).
+
+  A box with x2 < x1 or y2 < y1 has zero area; a pair with zero union has IoU 0.
+  """
+  a, b = _as_boxes(boxes_a, "boxes_a")[:, None, :], _as_boxes(boxes_b, "boxes_b")[None, :, :]
+  inter_w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+  inter_h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+  inter = inter_w * inter_h
+
+  def area(box):
+    return np.clip(box[..., 2] - box[..., 0], 0, None) * np.clip(box[..., 3] - box[..., 1], 0, None)
+
+  union = area(a) + area(b) - inter
+  return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def greedy_matched_iou(iou: np.ndarray) -> float:
+  """One-to-one greedy matching on an IoU matrix `[N_pred, N_gt]`: sum of matched IoUs / max(N_pred, N_gt)."""
+  iou = np.array(iou, np.float64)
+  if iou.size == 0:
+    return 0.0
+  denominator = max(iou.shape)
+  total = 0.0
+  while iou.size and iou.max() > 0:
+    row, col = np.unravel_index(np.argmax(iou), iou.shape)
+    total += iou[row, col]
+    iou = np.delete(np.delete(iou, row, axis=0), col, axis=1)
+  return float(total / denominator)
+
+
+def box_iou_reward(response: str, target_boxes: Any) -> float:
+  """Matched IoU of the boxes parsed from the response against `target_boxes: [4] | [K, 4]`; 0 if none parsed."""
+  target_boxes = _as_boxes(target_boxes, "target_boxes")
+  predicted = parse_boxes(response)
+  return greedy_matched_iou(box_iou(predicted, target_boxes)) if len(predicted) else 0.0
+
+
+def points_in_box(points: Any, boxes: Any) -> float:
+  """Fraction of `points: [N, 2]` inside any of `boxes: [4] | [K, 4]` (borders included); 0 for no points."""
+  points = np.asarray(points, np.float64).reshape(-1, 2)
+  boxes = _as_boxes(boxes, "boxes")
+  if not len(points):
+    return 0.0
+  x, y = points[:, 0:1], points[:, 1:2]
+  inside = (x >= boxes[:, 0]) & (x <= boxes[:, 2]) & (y >= boxes[:, 1]) & (y <= boxes[:, 3])
+  return float(inside.any(axis=1).mean())
+
+
+def points_in_mask(points: Any, mask: Any) -> float:
+  """Fraction of `points: [N, 2]` (x, y in pixels) on True pixels of `mask: [H, W]`; pixel (floor(y), floor(x)).
+
+  Points outside the image count as misses; 0 for no points.
+  """
+  mask = np.asarray(mask, bool)
+  if mask.ndim != 2:
+    raise ValueError(f"mask: expected a [H, W] mask, got shape {mask.shape}.")
+  points = np.asarray(points, np.float64).reshape(-1, 2)
+  if not len(points):
+    return 0.0
+  cols, rows = np.floor(points[:, 0]), np.floor(points[:, 1])
+  inside = (cols >= 0) & (cols < mask.shape[1]) & (rows >= 0) & (rows < mask.shape[0])
+  hits = np.zeros(len(points), bool)
+  hits[inside] = mask[rows[inside].astype(int), cols[inside].astype(int)]
+  return float(hits.mean())
+
+
+def _as_segments(segments: Any, name: str) -> np.ndarray:
+  segments = np.asarray(segments, np.float64)
+  if segments.ndim == 1:
+    segments = segments[None]
+  if segments.ndim != 2 or segments.shape[1] != 2:
+    raise ValueError(f"{name}: expected segments [2] or [N, 2] as (start, end), got shape {segments.shape}.")
+  return segments
+
+
+def temporal_iou(segments_a: Any, segments_b: Any) -> np.ndarray:
+  """Pairwise 1-D IoU `[N, M]` of segments `[N, 2]` and `[M, 2]` (start, end); end < start has zero length."""
+  a, b = _as_segments(segments_a, "segments_a")[:, None, :], _as_segments(segments_b, "segments_b")[None, :, :]
+  inter = np.clip(np.minimum(a[..., 1], b[..., 1]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+  union = np.clip(a[..., 1] - a[..., 0], 0, None) + np.clip(b[..., 1] - b[..., 0], 0, None) - inter
+  return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def temporal_iou_reward(response: str, target_segments: Any) -> float:
+  """Matched temporal IoU of the parsed segments against `target_segments: [2] | [K, 2]`; 0 if none parsed."""
+  target_segments = _as_segments(target_segments, "target_segments")
+  predicted = parse_segments(response)
+  return greedy_matched_iou(temporal_iou(predicted, target_segments)) if len(predicted) else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Argos-style gated verifier
+# ---------------------------------------------------------------------------------------------------------------------
+
+# Scorers by name: (response, sample) -> score in [0, 1]. Each reads the ground-truth field named in `_FIELD_OF`.
+SCORERS: dict[str, Callable[[str, Mapping[str, Any]], float]] = {
+  "exact_match": lambda response, sample: exact_match(response, sample["answer"]),
+  "choice": lambda response, sample: choice_match(response, sample["answer"]),
+  "numeric": lambda response, sample: numeric_match(response, sample["answer"]),
+  "relative_accuracy": lambda response, sample: relative_accuracy(response, sample["answer"]),
+  "box_iou": lambda response, sample: box_iou_reward(response, sample["box"]),
+  "point_in_box": lambda response, sample: points_in_box(parse_points(response), sample["region_box"]),
+  "point_in_mask": lambda response, sample: points_in_mask(parse_points(response), sample["region_mask"]),
+  "temporal_iou": lambda response, sample: temporal_iou_reward(response, sample["segment"]),
+}
+_SPATIAL_TEMPORAL = (("box", "box_iou"), ("segment", "temporal_iou"), ("region_box", "point_in_box"),
+                     ("region_mask", "point_in_mask"))
+REASONING = "reasoning"
+
+
+def argos_reward(
+  scores: Mapping[str, float | None],
+  selected: Iterable[str] | Mapping[str, bool],
+  accuracy_key: str,
+  gate_threshold: float,
+  weights: Mapping[str, float] | None = None,
+) -> float:
+  """Gated aggregation [R]: s_acc + 1[s_acc >= gate_threshold] * sum_k w_k s_k / sum_k w_k.
+
+  Args:
+    scores: name -> score in [0, 1], or None for a scorer that abstained or failed.
+    selected: the scorers chosen for this sample (names, or name -> bool).
+    accuracy_key: the name of the final-answer scorer; its score must be present.
+    gate_threshold: the accuracy at or above which the other scores count.
+    weights: name -> non-negative weight (default 1); renormalised over the selected scorers that returned a score.
+  """
+  if isinstance(selected, Mapping):
+    selected = [name for name, chosen in selected.items() if chosen]
+  accuracy = scores.get(accuracy_key)
+  if accuracy is None:
+    raise ValueError(f"scores: expected a score for accuracy_key={accuracy_key!r}, got {dict(scores)}.")
+  weights = weights or {}
+  others = [name for name in selected if name != accuracy_key and scores.get(name) is not None]
+  for name in others:
+    if weights.get(name, 1.0) < 0:
+      raise ValueError(f"weights[{name!r}]: expected a non-negative weight, got {weights[name]}.")
+  total_weight = sum(weights.get(name, 1.0) for name in others)
+  if accuracy < gate_threshold or total_weight <= 0:
+    return float(accuracy)
+  bonus = sum(weights.get(name, 1.0) * scores[name] for name in others) / total_weight
+  return float(accuracy + bonus)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArgosResult:
+  """One sample's verdict: the reward, what was selected and scored, and whether the gate opened."""
+
+  reward: float
+  accuracy_key: str
+  selected: tuple[str, ...]
+  scores: dict[str, float | None]
+  gate_open: bool
+  dropped: tuple[str, ...]
+
+
+@dataclasses.dataclass
+class ArgosVerifier:
+  """Per-sample scorer selection and gated aggregation (Argos-style; reconstruction [R], module docstring).
+
+  Samples are mappings with any of: "answer" (str, a list of str, or a number) and "answer_type" ("text",
+  "choice" or "number"; default "text"), "box" ([4] or [K, 4]), "region_box" ([4] or [K, 4]: points must fall
+  inside), "region_mask" ([H, W] bool), "segment" ([2] or [K, 2] seconds).
+
+  Attributes:
+    gate_threshold: accuracy needed before the other scores count [R].
+    weights: name -> weight of the non-accuracy scorers (default 1 each).
+    number_scorer: "relative_accuracy" (MRA, Argos) or "numeric" (tolerance match) for answer_type "number".
+    judge: optional reasoning scorer `(response, sample) -> float in [0, 1] | None`, an LLM call in Argos; it
+      runs only when the gate is open, and a None or an exception drops it.
+  """
+
+  gate_threshold: float = 0.5
+  weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
+  number_scorer: str = "relative_accuracy"
+  judge: Callable[[str, Mapping[str, Any]], float | None] | None = None
+
+  def __post_init__(self):
+    if self.number_scorer not in ("relative_accuracy", "numeric"):
+      raise ValueError(f"number_scorer: expected 'relative_accuracy' or 'numeric', got {self.number_scorer!r}.")
+
+  def select(self, sample: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """(accuracy scorer, all selected scorers) for a sample, from its ground-truth fields."""
+    selected = []
+    if "answer" in sample:
+      answer_type = sample.get("answer_type", "text")
+      by_type = {"text": "exact_match", "choice": "choice", "number": self.number_scorer}
+      if answer_type not in by_type:
+        raise ValueError(f"sample['answer_type']: expected one of {sorted(by_type)}, got {answer_type!r}.")
+      selected.append(by_type[answer_type])
+    selected += [scorer for field, scorer in _SPATIAL_TEMPORAL if field in sample]
+    if not selected:
+      fields = ["answer"] + [field for field, _ in _SPATIAL_TEMPORAL]
+      raise ValueError(f"sample: expected at least one ground-truth field of {fields}, got keys {sorted(sample)}.")
+    if self.judge is not None:
+      selected.append(REASONING)
+    return selected[0], selected
+
+  def score(self, response: str, sample: Mapping[str, Any]) -> ArgosResult:
+    accuracy_key, selected = self.select(sample)
+    scores: dict[str, float | None] = {accuracy_key: SCORERS[accuracy_key](response, sample)}
+    gate_open = scores[accuracy_key] >= self.gate_threshold
+    dropped = []
+    if gate_open:
+      for name in selected[1:]:
+        if name == REASONING:
+          try:
+            value = self.judge(response, sample)
+          except Exception:  # noqa: BLE001 (a failing judge is dropped, by the spec's rule)
+            value = None
+          scores[name] = None if value is None else float(np.clip(value, 0.0, 1.0))
+        else:
+          scores[name] = SCORERS[name](response, sample)
+        if scores[name] is None:
+          dropped.append(name)
+    reward = argos_reward(scores, selected, accuracy_key, self.gate_threshold, self.weights)
+    return ArgosResult(reward, accuracy_key, tuple(selected), scores, bool(gate_open), tuple(dropped))
+
+  def __call__(self, responses: Sequence[str], samples: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Rewards `[B]` float32 for B responses and their samples."""
+    if len(responses) != len(samples):
+      raise ValueError(f"samples: expected one per response ({len(responses)}), got {len(samples)}.")
+    return np.asarray([self.score(r, s).reward for r, s in zip(responses, samples)], np.float32)
