@@ -63,7 +63,12 @@ def train(config, workdir: str, *, devices: list[jax.Device] | None = None) -> d
   """Runs (or resumes) the job described by `config` in `workdir`; returns the final metrics.
 
   `devices` restricts the mesh to a subset of the local devices (default: all devices of all hosts).
+  Configs with `trainer = "rl"` run the RL post-training job instead (`jaxagents.rl.trainer`).
   """
+  if config.get("trainer") == "rl":
+    from jaxagents.rl import trainer as rl_trainer
+
+    return rl_trainer.train(config, workdir)
   # 1. Mesh.
   sharding.maybe_initialize_distributed()
   mesh = sharding.make_mesh(config.mesh, devices)

@@ -14,3 +14,17 @@ import pytest  # noqa: E402
 @pytest.fixture(autouse=True)
 def _seed_numpy():
   np.random.seed(0)  # noqa: NPY002 (tests should use Generators; this pins any legacy global use)
+
+
+def pytest_addoption(parser):
+  parser.addoption("--runslow", action="store_true", default=False,
+                   help="also run tests marked slow (long learning runs; not part of the default CI suite)")
+
+
+def pytest_collection_modifyitems(config, items):
+  if config.getoption("--runslow"):
+    return
+  skip = pytest.mark.skip(reason="slow: run with --runslow")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)

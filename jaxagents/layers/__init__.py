@@ -12,6 +12,7 @@ from jaxagents.layers.embeddings import Embed, sinusoidal_timestep_embedding
 from jaxagents.layers.linear import Dense
 from jaxagents.layers.mlp import ACTIVATIONS, MLP, GatedMLP, activation
 from jaxagents.layers.norms import LayerNorm, RMSNorm
+from jaxagents.layers.remat import REMAT_POLICIES, remat
 from jaxagents.layers.rotary import (
   apply_rope,
   mrope_angles,
@@ -30,6 +31,7 @@ __all__ = [
   "GatedMLP",
   "LayerNorm",
   "MLP",
+  "REMAT_POLICIES",
   "RMSNorm",
   "SelfAttention",
   "TransformerBlock",
@@ -39,6 +41,7 @@ __all__ = [
   "make_attention_mask",
   "make_norm",
   "modulate",
+  "remat",
   "mrope_angles",
   "mrope_slot_axes",
   "rope_angles",

@@ -15,11 +15,7 @@ import jax.numpy as jnp
 
 from jaxagents import layers
 
-REMAT_POLICIES = {
-  "none": None,
-  "full": jax.checkpoint_policies.nothing_saveable,
-  "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
+REMAT_POLICIES = layers.REMAT_POLICIES  # re-exported: configs and tests name the policies from here
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,11 +66,7 @@ class CausalLM(nn.Module):
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     angles = layers.rope_angles(positions, c.head_dim, c.rope_theta)
 
-    block = _ScannedBlock
-    if REMAT_POLICIES.get(c.remat, "missing") == "missing":
-      raise ValueError(f"remat: expected one of {sorted(REMAT_POLICIES)}, got {c.remat!r}.")
-    if c.remat != "none":
-      block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=False)
+    block = layers.remat(_ScannedBlock, c.remat)
     x, _ = nn.scan(
       block,
       variable_axes={"params": 0},

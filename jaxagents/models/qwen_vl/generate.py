@@ -42,6 +42,8 @@ class SamplingConfig:
     top_p: keep the smallest set of most likely tokens whose probability reaches top_p (1.0: all).
     eos_ids: token ids that end a row (e.g. Qwen's 151645 <|im_end|> and 151643 <|endoftext|>).
     pad_id: written after a row has stopped.
+    suppress_ids: token ids never generated (transformers' `suppress_tokens`), e.g. the image/video placeholders,
+      which would otherwise start a vision span with no image behind it.
   """
 
   max_new_tokens: int
@@ -50,6 +52,7 @@ class SamplingConfig:
   top_p: float = 1.0
   eos_ids: tuple[int, ...] = ()
   pad_id: int = 0
+  suppress_ids: tuple[int, ...] = ()
 
   def __post_init__(self):
     if self.max_new_tokens < 1:
@@ -75,9 +78,11 @@ class Generation:
 def sampling_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
   """float32 logits [..., V] of the distribution tokens are drawn from: /temperature, then top-k and top-p masks.
 
-  Masked tokens get -inf. Greedy (temperature 0) returns the logits unchanged.
+  Masked tokens get -inf. Greedy (temperature 0) returns the logits unchanged, except for `suppress_ids`.
   """
   logits = logits.astype(jnp.float32)
+  if sampling.suppress_ids:
+    logits = logits.at[..., jnp.asarray(sampling.suppress_ids)].set(-jnp.inf)
   if sampling.temperature == 0:
     return logits
   logits = logits / sampling.temperature

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 
 from jaxagents import layers
 from jaxagents.layers.kv_cache import KVCache
-from jaxagents.models.causal_lm import REMAT_POLICIES
 from jaxagents.models.qwen_vl.config import TextConfig
 
 Dtype = Any
@@ -62,13 +61,8 @@ class TextDecoder(nn.Module):
   def setup(self):
     c = self.config
     self.embed = layers.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype)
-    if REMAT_POLICIES.get(self.remat, "missing") == "missing":
-      raise ValueError(f"remat: expected one of {sorted(REMAT_POLICIES)}, got {self.remat!r}.")
-    layer = _DecoderLayer
-    if self.remat != "none":
-      layer = nn.remat(layer, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
     self.layers = nn.scan(
-      layer,
+      layers.remat(_DecoderLayer, self.remat),
       variable_axes={"params": 0},
       split_rngs={"params": True},
       in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),

@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxagents import layers
-from jaxagents.models.causal_lm import REMAT_POLICIES
 from jaxagents.models.qwen_vl.config import VisionConfig
 from jaxagents.models.qwen_vl.vision_layout import VisionInputs
 
@@ -121,11 +120,7 @@ class VisionTower(nn.Module):
     full_attention = jnp.array([i in c.fullatt_block_indexes or not c.window_size for i in range(c.depth)])
     slots = jnp.array([c.deepstack_indexes.index(i) if i in c.deepstack_indexes else -1 for i in range(c.depth)])
     captured = jnp.zeros((len(c.deepstack_indexes), *x.shape), x.dtype) if c.deepstack_indexes else None
-    block = _VisionBlock
-    if REMAT_POLICIES.get(self.remat, "missing") == "missing":
-      raise ValueError(f"remat: expected one of {sorted(REMAT_POLICIES)}, got {self.remat!r}.")
-    if self.remat != "none":
-      block = nn.remat(block, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+    block = layers.remat(_VisionBlock, self.remat)
     (x, captured), _ = nn.scan(
       block,
       variable_axes={"params": 0},
