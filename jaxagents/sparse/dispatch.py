@@ -1,0 +1,248 @@
+"""`mminference_attention`: the per-head dispatcher of MMInference sparse attention (arXiv 2504.16083; spec
+§1.1 pipeline, §5.3 `mminference_attention`, §5.4 head-config format).
+
+One config entry per query head, in the spec §5.4 layer format:
+
+    {"pattern": "dense|a_shape|vertical_slash|block_topk|grid", "params": {...}, "boundary": "none|q|2d",
+     "per_modality": {"<a>" or "<a>,<b>": {"pattern": ..., "params": {...}}}, "score": f}
+
+`params` holds the pattern's parameters (`patterns.PATTERNS`) and optionally `max_blocks` (MAXN, default NK).
+`boundary` "q"/"2d" runs the pattern per query modality / per (query, key) modality pair over the modality
+permutation (`modality.py`), with optional `per_modality` overrides; `score` (the offline search's score) is
+ignored. Heads with equal configs form a group; each group gets its layouts (and permutation) built, then one
+`block_sparse_attention` call (unpermuted heads) or `permuted_sparse_attention` call (grid and boundary heads),
+and the groups' outputs are concatenated back in head order. Prefill only: S == T.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxagents.sparse.a_shape import a_shape
+from jaxagents.sparse.block_topk import block_topk
+from jaxagents.sparse.grid import grid
+from jaxagents.sparse.layouts import check_blocks, dense_layout, identity_frame
+from jaxagents.sparse.modality import MODES, boundary_layout
+from jaxagents.sparse.patterns import check_pattern
+from jaxagents.sparse.permutation import Permutation
+from jaxagents.sparse.permuted import permuted_sparse_attention
+from jaxagents.sparse.vertical_slash import vertical_slash
+from kernels_pallas.block_sparse import BlockLayout, block_sparse_attention
+
+_ENTRY_KEYS = {"pattern", "params", "boundary", "per_modality", "score"}
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+  """A validated head config (hashable, so equal configs group together).
+
+  Attributes:
+    pattern: a name in `patterns.PATTERNS`.
+    params: the pattern's params with defaults, as sorted (name, value) pairs (lists become tuples).
+    max_blocks: MAXN or None (= NK).
+    boundary: "none", "q" or "2d".
+    per_modality: sorted (key, pattern, params) overrides; key is a or (a, b).
+  """
+
+  pattern: str
+  params: tuple
+  max_blocks: int | None
+  boundary: str
+  per_modality: tuple
+
+  @property
+  def param_dict(self) -> dict:
+    return dict(self.params)
+
+
+@functools.partial(
+  jax.tree_util.register_dataclass, data_fields=["permutation", "layout"], meta_fields=["heads", "spec"]
+)
+@dataclasses.dataclass(frozen=True)
+class HeadGroup:
+  """One dispatched group: its query heads, config, permutation (None = original order) and layout."""
+
+  heads: tuple[int, ...]
+  spec: HeadSpec
+  permutation: Permutation | None
+  layout: BlockLayout
+
+
+def _frozen(params: dict) -> tuple:
+  return tuple(sorted((name, tuple(v) if isinstance(v, list | tuple) else v) for name, v in params.items()))
+
+
+def parse_head_config(entry: dict, seq_len: int, head: int = 0) -> HeadSpec:
+  """Validates one head's config entry (see the module docstring) for sequence length `seq_len`."""
+  fn = f"mminference_attention: head {head}"
+  if not isinstance(entry, dict) or "pattern" not in entry or set(entry) - _ENTRY_KEYS:
+    raise ValueError(
+      f"{fn}: a config entry must be a dict with 'pattern' and keys among {sorted(_ENTRY_KEYS)}, got {entry!r}"
+    )
+  raw_params = dict(entry.get("params") or {})
+  max_blocks = raw_params.get("max_blocks")
+  params = check_pattern(fn, entry["pattern"], raw_params, seq_len)
+  boundary = entry.get("boundary", "none")
+  if boundary not in ("none", *MODES):
+    raise ValueError(f"{fn}: `boundary` must be 'none', 'q' or '2d', got {boundary!r}")
+  if boundary != "none" and entry["pattern"] == "grid":
+    raise ValueError(f"{fn}: the 'grid' pattern needs boundary 'none' (it has its own permutation), got {boundary!r}")
+  overrides = []
+  for key, sub in (entry.get("per_modality") or {}).items():
+    if boundary == "none" or not isinstance(sub, dict) or "pattern" not in sub or set(sub) - {"pattern", "params"}:
+      raise ValueError(
+        f"{fn}: `per_modality` needs boundary 'q' or '2d' and entries {{'pattern', 'params'}}, got {key!r}: {sub!r}"
+      )
+    try:
+      parsed = tuple(int(x) for x in str(key).split(","))
+    except ValueError:
+      parsed = ()
+    if len(parsed) != (1 if boundary == "q" else 2):
+      raise ValueError(f"{fn}: `per_modality` key {key!r} must be 'a' for boundary 'q', 'a,b' for '2d'")
+    sub_params = check_pattern(fn, sub["pattern"], sub.get("params"), seq_len)
+    overrides.append((parsed[0] if boundary == "q" else parsed, sub["pattern"], _frozen(sub_params)))
+  return HeadSpec(entry["pattern"], _frozen(params), max_blocks, boundary, tuple(sorted(overrides)))
+
+
+def build_head_layout(
+  q: jax.Array,
+  k: jax.Array,
+  spec: HeadSpec,
+  modality_ids: jax.Array | None = None,
+  *,
+  num_modalities: int = 2,
+  block_q: int = 64,
+  block_kv: int = 64,
+  causal: bool = True,
+  sm_scale: float | None = None,
+) -> tuple[Permutation | None, BlockLayout]:
+  """Layout (and permutation, None for unpermuted heads) of heads sharing `spec`.
+
+  q: [B, S, G, D], k: [B, T, Gkv, D]; returns a layout [B, G, S / block_q, MAXN].
+  """
+  batch, seq_len, heads, _ = q.shape
+  params = spec.param_dict
+  common = {"block_q": block_q, "block_kv": block_kv, "max_blocks": spec.max_blocks, "causal": causal}
+  if spec.boundary != "none":
+    if modality_ids is None:
+      raise ValueError(f"mminference_attention: boundary {spec.boundary!r} heads need `modality_ids` [B, S], got None")
+    per_modality = {key: (pattern, dict(sub)) for key, pattern, sub in spec.per_modality}
+    return boundary_layout(
+      q,
+      k,
+      modality_ids,
+      spec.pattern,
+      params,
+      mode=spec.boundary,
+      num_modalities=num_modalities,
+      per_modality=per_modality,
+      sm_scale=sm_scale,
+      **common,
+    )
+  if spec.pattern == "grid":
+    return grid(q, k, params["strides"], last_q=params["last_q"], sm_scale=sm_scale, **common)
+  if spec.pattern == "dense":
+    max_blocks = check_blocks("mminference_attention", seq_len, k.shape[1], block_q, block_kv, spec.max_blocks)
+    return None, dense_layout(identity_frame(batch, heads, seq_len, block_q, block_kv, causal), max_blocks)
+  if spec.pattern == "a_shape":
+    return None, a_shape(seq_len, params["n_init"], params["n_local"], batch=batch, num_heads=heads, **common)
+  if spec.pattern == "block_topk":
+    return None, block_topk(q, k, params["topk"], sm_scale=sm_scale, **common)
+  return None, vertical_slash(q, k, sm_scale=sm_scale, **params, **common)
+
+
+def mminference_attention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  head_config: Sequence[dict],
+  modality_ids: jax.Array | None = None,
+  *,
+  num_modalities: int = 2,
+  block_q: int = 64,
+  block_kv: int = 64,
+  causal: bool = True,
+  sm_scale: float | None = None,
+  backend: str | Sequence[str] = "auto",
+  interpret=False,
+  return_plan: bool = False,
+):
+  """MMInference sparse attention with a pattern per query head; jitted once per shapes and `head_config`.
+
+  Args:
+    q: [B, S, Hq, D]; k, v: [B, T, Hkv, D], S == T, Hq % Hkv == 0.
+    head_config: Hq config entries (module docstring).
+    modality_ids: int [B, S] (needed by boundary heads), values in [0, num_modalities).
+    num_modalities: M (static).
+    block_q, block_kv: layout block sizes (powers of two >= 16 for the Pallas GPU backend).
+    causal: causal attention by original positions.
+    sm_scale: default 1 / sqrt(D), for the estimates and the attention.
+    backend, interpret: passed to `block_sparse_attention` ('auto' runs the XLA reference on CPU).
+    return_plan: also return the list of `HeadGroup`s (heads, config, permutation, layout).
+  Returns:
+    out [B, S, Hq, D] in q.dtype; with return_plan, (out, [HeadGroup, ...]).
+  """
+  q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+  if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape or q.shape[2] % k.shape[2] or q.shape[1] != k.shape[1]:
+    raise ValueError(
+      "mminference_attention: `q` must be [B, S, Hq, D] and `k`, `v` [B, S, Hkv, D] (prefill, Hkv dividing Hq), "
+      f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+    )
+  seq_len, num_q_heads = q.shape[1], q.shape[2]
+  if len(head_config) != num_q_heads:
+    raise ValueError(f"mminference_attention: `head_config` must have Hq={num_q_heads} entries, got {len(head_config)}")
+  groups: dict[HeadSpec, list[int]] = {}
+  for head, entry in enumerate(head_config):
+    groups.setdefault(parse_head_config(entry, seq_len, head), []).append(head)
+  if modality_ids is None and any(spec.boundary != "none" for spec in groups):
+    raise ValueError("mminference_attention: boundary 'q'/'2d' heads need `modality_ids` [B, S], got None")
+  backend = backend if isinstance(backend, str) else tuple(backend)
+  out, plan = _dispatch(
+    q,
+    k,
+    v,
+    modality_ids,
+    tuple((spec, tuple(heads)) for spec, heads in groups.items()),
+    num_modalities,
+    block_q,
+    block_kv,
+    causal,
+    sm_scale,
+    backend,
+    interpret,
+  )
+  return (out, plan) if return_plan else out
+
+
+# One compile per (shapes, head configs): the builders, gathers and kernels of all groups fuse into one program.
+@functools.partial(jax.jit, static_argnums=tuple(range(4, 12)))
+def _dispatch(q, k, v, modality_ids, groups, num_modalities, block_q, block_kv, causal, sm_scale, backend, interpret):
+  group_size = q.shape[2] // k.shape[2]
+  outs, plan = [], []
+  for spec, heads in groups:
+    q_heads = np.array(heads)
+    kv_heads = q_heads // group_size
+    q_g, k_g, v_g = q[:, :, q_heads], k[:, :, kv_heads], v[:, :, kv_heads]
+    perm, layout = build_head_layout(
+      q_g,
+      k_g,
+      spec,
+      modality_ids,
+      num_modalities=num_modalities,
+      block_q=block_q,
+      block_kv=block_kv,
+      causal=causal,
+      sm_scale=sm_scale,
+    )
+    kernel_args = {"causal": causal, "sm_scale": sm_scale, "backend": backend, "interpret": interpret}
+    if perm is None:
+      outs.append(block_sparse_attention(q_g, k_g, v_g, layout, **kernel_args))
+    else:
+      outs.append(permuted_sparse_attention(q_g, k_g, v_g, perm, layout, **kernel_args))
+    plan.append(HeadGroup(heads, spec, perm, layout))
+  order = np.argsort(np.concatenate([group.heads for group in plan]))
+  return jnp.concatenate(outs, axis=2)[:, :, order], plan

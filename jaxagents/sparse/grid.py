@@ -1,0 +1,190 @@
+"""Grid heads: online stride/phase search, phase-major permutation, block layout (MMInference, arXiv
+2504.16083, spec §1.2 Algorithm 1 and §5.3 `grid`). MMInference's code is not public; steps 2-3 are a
+reconstruction **[R]** from the paper's figure and reviews.
+
+1. *Estimate.* A_hat = softmax(Q[-last_q:] K^T * sm_scale + causal)  [R, T]  (`estimate.py`).
+2. *Search* [R]. For a candidate stride s and phase p, the grid of query i is the union of
+   the vertical lines {j : j = p (mod s)} and the slash lines {j : i - j = 0 (mod s)}. With per-row residue
+   sums M[r, c] = sum_{j = c (mod s)} A_hat[r, j] and the query's own residue c_r = i_r mod s,
+
+       mass(s, p) = mean_r ( M[r, p] + [p != c_r] M[r, c_r] )
+
+   and excess(s, p) = mass(s, p) - mass_U(s, p), where U is uniform attention over the visible keys (the mass
+   the grid would catch by chance, about 2 / s). The argmax of the excess over (s, p) is kept. Subtracting the
+   chance level is our choice: raw mass always prefers the smallest stride (s = 1 covers everything), and the
+   excess is invariant to refining a planted stride s0 into 2 s0 only up to the halved coverage, so s0 wins
+   over its multiples and divisors.
+3. *Permute* [R]. Phase-major order with the found phase first: slot order sorts tokens by
+   ((i - p) mod s, i). Group g holds the tokens i = p + g (mod s) in their original order, so the vertical
+   lines become group 0 (a dense band of key slots at the start, "Vlines after shuffle") and the slash lines
+   become same-group attention (a staircase of causal triangles along the diagonal).
+4. *Layout.* Query block i lists key block n when their group ranges overlap (the staircase) or when n holds
+   group-0 slots (the band), plus the diagonal block; causality is judged on original positions (`layouts.py`).
+   The kernel then runs on the permuted tokens with positions = the permutation (`permuted.py`).
+
+Spec §5.3 applies the grid to the vision span only; here it covers the whole sequence (a video-only input).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxagents.sparse.estimate import LAST_Q, attention_estimate, check_last_q, estimation_rows, heads_first
+from jaxagents.sparse.layouts import Frame, check_blocks, finalize, identity_frame, permuted_frame
+from jaxagents.sparse.permutation import Permutation, invert
+from kernels_pallas.block_sparse import BlockLayout
+
+
+def check_strides(fn: str, strides, seq_len: int) -> tuple[int, ...]:
+  strides = tuple(strides) if isinstance(strides, list | tuple) else strides
+  if (
+    not isinstance(strides, tuple)
+    or not strides
+    or not all(isinstance(s, int) and 2 <= s <= seq_len for s in strides)
+    or len(set(strides)) != len(strides)
+  ):
+    raise ValueError(
+      f"{fn}: `strides` must be a non-empty sequence of distinct ints in [2, S={seq_len}], got {strides!r}"
+    )
+  return strides
+
+
+def _hashable(strides):
+  """Lists become tuples so the strides can be a static (hashed) jit argument."""
+  return tuple(strides) if isinstance(strides, list | tuple) else strides
+
+
+def _residue_sums(x: jax.Array, stride: int) -> jax.Array:
+  """[..., T] -> [..., stride]: out[..., c] = sum_{j = c (mod stride)} x[..., j]."""
+  kv_len = x.shape[-1]
+  padded = -(-kv_len // stride) * stride
+  x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, padded - kv_len)])
+  return x.reshape(*x.shape[:-1], padded // stride, stride).sum(axis=-2)
+
+
+def _grid_mass(residues: jax.Array, own: jax.Array) -> jax.Array:
+  """residues [..., R, s], own residue per row int [R] -> mean over rows of the union mass per phase [..., s]."""
+  stride = residues.shape[-1]
+  own_mass = jnp.take_along_axis(residues, jnp.broadcast_to(own[:, None], residues.shape[:-1] + (1,)), axis=-1)
+  union = residues + jnp.where(jnp.arange(stride) != own[:, None], own_mass, 0.0)
+  return union.mean(axis=-2)
+
+
+def _search(q_bh, k_bh, strides, last_q, causal, sm_scale):
+  batch, heads, seq_len, head_dim = q_bh.shape
+  frame = identity_frame(batch, heads, seq_len, 1, 1, causal)
+  rows = estimation_rows(jnp.full((batch, heads), seq_len), last_q, seq_len)
+  probs = attention_estimate(q_bh, k_bh, rows, frame, head_dim**-0.5 if sm_scale is None else sm_scale)
+  row_positions = jnp.arange(seq_len - last_q, seq_len)
+  visible = jnp.arange(seq_len) <= row_positions[:, None] if causal else jnp.ones((last_q, seq_len), bool)
+  uniform = visible / jnp.sum(visible, axis=-1, keepdims=True)
+  widest = max(strides)
+  excess = []
+  for stride in strides:
+    own = row_positions % stride
+    found = _grid_mass(_residue_sums(probs, stride), own) - _grid_mass(_residue_sums(uniform, stride), own)
+    excess.append(jnp.pad(found, [(0, 0), (0, 0), (0, widest - stride)], constant_values=-jnp.inf))
+  excess = jnp.stack(excess, axis=2)  # [B, H, n, widest]
+  best = jnp.argmax(excess.reshape(batch, heads, -1), axis=-1)
+  stride = jnp.asarray(np.array(strides, np.int32))[best // widest]
+  return stride, (best % widest).astype(jnp.int32), excess
+
+
+def _checked(fn, q, k, strides, last_q, block_q=1, block_kv=1, max_blocks=None):
+  q_bh, k_bh = heads_first(fn, q, k)
+  max_blocks = check_blocks(fn, q_bh.shape[2], k_bh.shape[2], block_q, block_kv, max_blocks)
+  check_last_q(fn, last_q, q_bh.shape[2])
+  return q_bh, k_bh, check_strides(fn, strides, q_bh.shape[2]), max_blocks
+
+
+def grid_search(
+  q: jax.Array,
+  k: jax.Array,
+  strides,
+  *,
+  last_q: int = LAST_Q,
+  causal: bool = True,
+  sm_scale: float | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per-head stride/phase search on the last-queries estimate (step 2 above) [R].
+
+  Args:
+    q: [B, S, Hq, D]; k: [B, T, Hkv, D], S == T, original token order.
+    strides: static candidate strides (distinct ints in [2, S]), e.g. tokens per frame or per patch row.
+    last_q: estimation rows.
+    causal: causal estimate.
+    sm_scale: default 1 / sqrt(D).
+  Returns:
+    stride int32 [B, Hq], phase int32 [B, Hq] (in [0, stride)), excess float32 [B, Hq, len(strides),
+    max(strides)] (-inf past each stride's phases). Ties go to the earlier stride, then the lower phase.
+  """
+  return _grid_search(q, k, _hashable(strides), last_q, causal, sm_scale)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _grid_search(q, k, strides, last_q, causal, sm_scale):
+  q_bh, k_bh, strides, _ = _checked("grid_search", q, k, strides, last_q)
+  return _search(q_bh, k_bh, strides, last_q, causal, sm_scale)
+
+
+@functools.partial(jax.jit, static_argnames=("seq_len",))
+def grid_permutation(stride: jax.Array, phase: jax.Array, seq_len: int) -> Permutation:
+  """Phase-major permutation (step 3) for stride, phase int [B, H]; q and kv share it."""
+  tokens = jnp.arange(seq_len, dtype=jnp.int32)
+  group = (tokens - phase[..., None]) % stride[..., None]  # [B, H, S]
+  perm = jnp.argsort(group * seq_len + tokens, axis=-1).astype(jnp.int32)
+  inverse = invert(perm)
+  return Permutation(perm, perm, inverse, inverse)
+
+
+def grid_blocks(frame: Frame, stride: jax.Array, phase: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Candidate blocks of the permuted grid (step 4) and scores (band 2, staircase in (1, 2), nearer = higher)."""
+  num_kv_blocks = frame.shape[-1]
+  q_group = (frame.q_positions - phase[..., None]) % stride[..., None]  # nondecreasing along slots
+  kv_group = (frame.kv_positions - phase[..., None]) % stride[..., None]
+  q_lo, q_hi = q_group[..., :: frame.block_q], q_group[..., frame.block_q - 1 :: frame.block_q]
+  kv_lo, kv_hi = kv_group[..., :: frame.block_kv], kv_group[..., frame.block_kv - 1 :: frame.block_kv]
+  staircase = (q_lo[..., :, None] <= kv_hi[..., None, :]) & (kv_lo[..., None, :] <= q_hi[..., :, None])
+  band = jnp.broadcast_to((kv_lo == 0)[..., None, :], staircase.shape)
+  nearness = 1.0 + (jnp.arange(num_kv_blocks) + 1) / (num_kv_blocks + 1)
+  return staircase | band, jnp.where(band, 2.0, jnp.where(staircase, nearness, 0.0))
+
+
+def grid(
+  q: jax.Array,
+  k: jax.Array,
+  strides,
+  *,
+  last_q: int = LAST_Q,
+  block_q: int = 64,
+  block_kv: int = 64,
+  max_blocks: int | None = None,
+  causal: bool = True,
+  sm_scale: float | None = None,
+) -> tuple[Permutation, BlockLayout]:
+  """Grid head: search, permutation and layout (steps 1-4 above) [R].
+
+  Args:
+    q: [B, S, Hq, D]; k: [B, T, Hkv, D], S == T, original token order.
+    strides: static candidate strides.
+    last_q: estimation rows.
+    block_q, block_kv: block sizes of the layout over the permuted tokens.
+    max_blocks: MAXN (static), default NK; the diagonal block, the band, then the staircase blocks nearest
+      the diagonal are kept.
+  Returns:
+    (Permutation with q_perm = kv_perm int32 [B, Hq, S], BlockLayout kv_blocks int32 [B, Hq, S / block_q, MAXN]
+    over the permuted tokens). Run it with `permuted_sparse_attention`.
+  """
+  return _grid(q, k, _hashable(strides), last_q, block_q, block_kv, max_blocks, causal, sm_scale)
+
+
+@functools.partial(jax.jit, static_argnums=tuple(range(2, 9)))
+def _grid(q, k, strides, last_q, block_q, block_kv, max_blocks, causal, sm_scale):
+  q_bh, k_bh, strides, max_blocks = _checked("grid", q, k, strides, last_q, block_q, block_kv, max_blocks)
+  stride, phase, _ = _search(q_bh, k_bh, strides, last_q, causal, sm_scale)
+  perm = grid_permutation(stride, phase, q_bh.shape[2])
+  frame = permuted_frame(perm, block_q, block_kv, causal)
+  mask, score = grid_blocks(frame, stride, phase)
+  return perm, finalize(frame, mask, score, max_blocks)

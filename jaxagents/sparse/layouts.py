@@ -1,0 +1,208 @@
+"""Shared machinery of the pattern builders: where tokens sit (`Frame`), block-level causality and diagonals,
+and the step every builder ends with, block scores -> `BlockLayout` with a static MAXN (MMInference spec §5.1,
+§5.3, §5.5 oracle 4).
+
+Coordinates. A builder works on one attention problem per (batch, query head) in *slot* order (the identity, or
+a grid/modality permutation). For slot s of the queries, `Frame.q_coords[s]` is the key slot that holds the
+query's own token; every pattern geometry (sink columns, local windows, slash diagonals, vertical columns) is
+drawn in key-slot coordinates with the query placed at q_coords. Without a permutation, and with a shared Q/KV
+permutation (grid, 2D boundary), q_coords = arange(S); with a query-only permutation (Q boundary) it is the
+query's original position. Causality is always judged on the *original* positions.
+
+Every layout a builder returns satisfies (`finalize`):
+  * the kernel contract (`check_layout`): ids sorted, unique, padded by repeating the last valid id;
+  * causal-valid: a listed block (i, n) holds at least one pair with kv_position <= q_position, i.e.
+    min(kv positions of key block n) <= max(q positions of query block i). Without a permutation this is
+    "no block strictly above the block diagonal";
+  * no empty rows: the key blocks holding each query's own token ("diagonal" blocks) are always listed, ahead
+    of every other block when MAXN forces a choice; with equal block sizes and a shared permutation that is
+    exactly one block per row, so MAXN >= 1 suffices. Ties are broken towards lower block ids.
+Intermediates are [B, H, NQ, NK] block arrays: O((S / block)^2) memory per head, fine up to ~256k tokens with
+64-token blocks; MInference's CUDA index builder avoids them and would be the next step for 1M tokens.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jaxagents.sparse.permutation import Permutation
+from kernels_pallas.block_sparse import BlockLayout, to_block_mask
+
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+  """Token placement of one attention problem per (batch, head); see the module docstring.
+
+  Attributes:
+    q_positions: int32 [B, H, S], original position of the query in slot s.
+    kv_positions: int32 [B, H, T], original position of the key in slot t.
+    q_coords: int32 [B, H, S], key slot of the query's own token (pattern coordinates).
+    block_q, block_kv: tokens per query / key block.
+    causal: whether keys after the query (by original position) are masked.
+  """
+
+  q_positions: jax.Array
+  kv_positions: jax.Array
+  q_coords: jax.Array
+  block_q: int
+  block_kv: int
+  causal: bool
+
+  @property
+  def shape(self) -> tuple[int, int, int, int]:
+    """(B, H, NQ, NK)."""
+    batch, heads, q_len = self.q_positions.shape
+    return batch, heads, q_len // self.block_q, self.kv_positions.shape[-1] // self.block_kv
+
+
+def check_blocks(fn: str, q_len: int, kv_len: int, block_q: int, block_kv: int, max_blocks: int | None) -> int:
+  """Validates the static sizes shared by every builder; returns MAXN (default NK = kv_len / block_kv)."""
+  if q_len != kv_len:
+    raise ValueError(f"{fn}: the builders cover self-attention prefill, S == T, got S={q_len}, T={kv_len}")
+  for name, size, length in (("block_q", block_q, q_len), ("block_kv", block_kv, kv_len)):
+    if not isinstance(size, int) or size <= 0 or length % size:
+      raise ValueError(f"{fn}: `{name}` must be a positive int dividing the sequence length {length}, got {size!r}")
+  num_kv_blocks = kv_len // block_kv
+  max_blocks = num_kv_blocks if max_blocks is None else max_blocks
+  if not isinstance(max_blocks, int) or max_blocks < 1:
+    raise ValueError(f"{fn}: `max_blocks` (MAXN) must be an int >= 1, got {max_blocks!r}")
+  return max_blocks
+
+
+def identity_frame(batch: int, num_heads: int, seq_len: int, block_q: int, block_kv: int, causal: bool) -> Frame:
+  """Frame of unpermuted tokens: positions and coordinates are arange(S)."""
+  positions = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, num_heads, seq_len))
+  return Frame(positions, positions, positions, block_q, block_kv, causal)
+
+
+def permuted_frame(perm: Permutation, block_q: int, block_kv: int, causal: bool) -> Frame:
+  """Frame of tokens in `perm`'s slot order (S == T): q_coords[s] = kv_inverse[q_perm[s]]."""
+  q_coords = jnp.take_along_axis(perm.kv_inverse, perm.q_perm, axis=-1)
+  return Frame(perm.q_perm, perm.kv_perm, q_coords, block_q, block_kv, causal)
+
+
+def _per_block(x: jax.Array, block: int, reduce) -> jax.Array:
+  """[B, H, N * block] -> [B, H, N] by `reduce` over each block."""
+  return reduce(x.reshape(*x.shape[:-1], -1, block), axis=-1)
+
+
+def q_coord_bounds(frame: Frame) -> tuple[jax.Array, jax.Array]:
+  """(lowest, highest) key-slot coordinate of the queries of each query block, int32 [B, H, NQ] each."""
+  return _per_block(frame.q_coords, frame.block_q, jnp.min), _per_block(frame.q_coords, frame.block_q, jnp.max)
+
+
+def causal_blocks(frame: Frame) -> jax.Array:
+  """bool [B, H, NQ, NK]: block pairs holding at least one causally visible (query, key) pair."""
+  batch, heads, num_q_blocks, num_kv_blocks = frame.shape
+  if not frame.causal:
+    return jnp.ones((batch, heads, num_q_blocks, num_kv_blocks), bool)
+  latest_query = _per_block(frame.q_positions, frame.block_q, jnp.max)
+  earliest_key = _per_block(frame.kv_positions, frame.block_kv, jnp.min)
+  return earliest_key[..., None, :] <= latest_query[..., :, None]
+
+
+def diagonal_blocks(frame: Frame) -> jax.Array:
+  """bool [B, H, NQ, NK]: key blocks holding the own token of some query of the block (always visible)."""
+  batch, heads, num_q_blocks, num_kv_blocks = frame.shape
+  q_len = frame.q_coords.shape[-1]
+  b, h = jnp.ogrid[:batch, :heads]
+  q_block = jnp.arange(q_len) // frame.block_q
+  marks = jnp.zeros((batch, heads, num_q_blocks, num_kv_blocks), jnp.int32)
+  marks = marks.at[b[..., None], h[..., None], q_block, frame.q_coords // frame.block_kv].add(1)
+  return marks > 0
+
+
+def range_blocks(token_lo, token_hi, valid, weight, num_kv_blocks: int, block_kv: int):
+  """Marks, per query block, the key blocks covered by K inclusive key-slot ranges (a difference array).
+
+  Args:
+    token_lo, token_hi: int [B, H, NQ, K] range ends in key slots, already clipped to [0, T).
+    valid: bool [B, H, NQ, K], False = ignore the range.
+    weight: float [B, H, NQ, K], added to the score of every block the range covers.
+    num_kv_blocks, block_kv: NK and its block size.
+  Returns:
+    (bool [B, H, NQ, NK] covered, float32 [B, H, NQ, NK] summed weight).
+  """
+  batch, heads, num_q_blocks, _ = token_lo.shape
+  b, h, i = (x[..., None] for x in jnp.ogrid[:batch, :heads, :num_q_blocks])
+  lo, hi_next = token_lo // block_kv, token_hi // block_kv + 1
+  shape = (batch, heads, num_q_blocks, num_kv_blocks + 1)
+  count = valid.astype(jnp.int32)
+  counts = jnp.zeros(shape, jnp.int32).at[b, h, i, lo].add(count).at[b, h, i, hi_next].add(-count)
+  weight = jnp.where(valid, weight, 0.0).astype(jnp.float32)
+  scores = jnp.zeros(shape, jnp.float32).at[b, h, i, lo].add(weight).at[b, h, i, hi_next].add(-weight)
+  return jnp.cumsum(counts, axis=-1)[..., :-1] > 0, jnp.cumsum(scores, axis=-1)[..., :-1]
+
+
+def select_blocks(mask, score, must_keep, max_blocks: int, block_q: int, block_kv: int) -> BlockLayout:
+  """Keeps at most `max_blocks` listed blocks per row: `must_keep` first, then by descending score, then by id.
+
+  Args:
+    mask: bool [B, H, NQ, NK], candidate blocks.
+    score: float [B, H, NQ, NK], priority among candidates (NaN counts as 0).
+    must_keep: bool [B, H, NQ, NK], blocks ranked ahead of all others.
+    max_blocks: MAXN (static).
+  Returns:
+    BlockLayout with kv_blocks int32 [B, H, NQ, MAXN] (sorted, padding repeats the last id).
+  """
+  num_kv_blocks = mask.shape[-1]
+  tier = jnp.where(must_keep, 2, jnp.where(mask, 1, 0)).astype(jnp.int32)
+  score = jnp.nan_to_num(score.astype(jnp.float32), nan=0.0, posinf=3e38, neginf=-3e38)
+  ids = jnp.broadcast_to(jnp.arange(num_kv_blocks, dtype=jnp.int32), mask.shape)
+  neg_tier, _, ranked_ids = jax.lax.sort((-tier, -score, ids), dimension=-1, num_keys=3)
+  if max_blocks > num_kv_blocks:
+    pad = [(0, 0)] * 3 + [(0, max_blocks - num_kv_blocks)]
+    neg_tier, ranked_ids = jnp.pad(neg_tier, pad), jnp.pad(ranked_ids, pad)
+  chosen = neg_tier[..., :max_blocks] < 0
+  kept = jnp.sort(jnp.where(chosen, ranked_ids[..., :max_blocks], num_kv_blocks), axis=-1)
+  count = jnp.sum(chosen, axis=-1, dtype=jnp.int32)
+  last = jnp.take_along_axis(kept, jnp.maximum(count - 1, 0)[..., None], axis=-1)
+  # Repeating the last id makes the padding free for the kernels (no new block load is issued).
+  kv_blocks = jnp.where(jnp.arange(max_blocks) < count[..., None], kept, jnp.where(count[..., None] > 0, last, 0))
+  return BlockLayout(kv_blocks=kv_blocks.astype(jnp.int32), kv_count=count, block_q=block_q, block_kv=block_kv)
+
+
+def finalize(frame: Frame, mask, score, max_blocks: int) -> BlockLayout:
+  """A pattern's candidate blocks -> contract-abiding layout: causal filter, diagonal blocks forced in."""
+  valid = causal_blocks(frame)
+  return select_blocks(mask & valid, score, diagonal_blocks(frame), max_blocks, frame.block_q, frame.block_kv)
+
+
+def dense_layout(frame: Frame, max_blocks: int | None = None) -> BlockLayout:
+  """Every causally valid block (density 1); MAXN defaults to NK."""
+  num_kv_blocks = frame.shape[-1]
+  mask = causal_blocks(frame)
+  return finalize(frame, mask, jnp.zeros(mask.shape, jnp.float32), max_blocks or num_kv_blocks)
+
+
+def compose(layouts, kv_len: int, max_blocks: int | None = None) -> BlockLayout:
+  """Union of layouts over the same token order and block sizes (spec §5.3 `compose`).
+
+  Args:
+    layouts: non-empty sequence of BlockLayout, all [B, H, NQ, *] with equal block sizes.
+    kv_len: T, the key length.
+    max_blocks: MAXN of the result; default min(sum of the inputs' MAXN, NK), which never drops a block.
+  Returns:
+    BlockLayout listing every block listed by any input (lowest ids kept if max_blocks is smaller).
+  """
+  layouts = list(layouts)
+  if not layouts:
+    raise ValueError("compose: `layouts` must be a non-empty sequence of BlockLayout, got an empty one")
+  first = layouts[0]
+  for layout in layouts[1:]:
+    if (layout.block_q, layout.block_kv) != (first.block_q, first.block_kv) or (
+      layout.kv_blocks.shape[:3] != first.kv_blocks.shape[:3]
+    ):
+      raise ValueError(
+        f"compose: every layout must have [B, H, NQ] = {tuple(first.kv_blocks.shape[:3])} and blocks "
+        f"{first.block_q}x{first.block_kv}, got {tuple(layout.kv_blocks.shape[:3])} with "
+        f"{layout.block_q}x{layout.block_kv}"
+      )
+  num_kv_blocks = kv_len // first.block_kv
+  union = to_block_mask(first, num_kv_blocks)
+  for layout in layouts[1:]:
+    union |= to_block_mask(layout, num_kv_blocks)
+  max_blocks = max_blocks or min(sum(layout.max_blocks for layout in layouts), num_kv_blocks)
+  nothing = jnp.zeros(union.shape, bool)
+  return select_blocks(union, jnp.zeros(union.shape), nothing, max_blocks, first.block_q, first.block_kv)

@@ -1,0 +1,1 @@
+"""Tests of the MMInference pattern builders and dispatcher (jaxagents/sparse/), on CPU."""
