@@ -14,11 +14,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.trainer = "rl"
   c.seed = 0
   c.data = dict(task=dict(grid=4, cell=14, colors=("red", "green", "blue"), max_count=4, fill=0.5),
-                eval_examples=256)
+                eval_examples=256, eval_samples=4)  # held-out prompts; sampled answers per prompt
   c.model = dict(hidden=64, layers=2, vision_depth=2, vision_width=32)
-  c.sft = dict(steps=150, batch_size=32, learning_rate=3e-3)
+  c.sft = dict(steps=300, batch_size=32, learning_rate=3e-3)
   c.rl = dict(
-    steps=150, prompts_per_step=8, group_size=8, updates_per_batch=2, max_new_tokens=2, temperature=1.0,
+    steps=300, prompts_per_step=8, group_size=8, updates_per_batch=2, max_new_tokens=2, temperature=1.0,
     learning_rate=5e-4,
     loss=dict(variant="grpo", beta=0.04),  # DeepSeekMath GRPO: clip 0.2, k3 KL to the SFT policy
   )

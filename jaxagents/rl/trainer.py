@@ -11,7 +11,7 @@ The job (spec rl_algorithms.md §1, §8; issue 4 items 6-7):
      takes `updates_per_batch` optimizer steps on `grpo_loss` (PPO-style clipped ratio to the sampling policy,
      k3 KL to the reference). The sampling log-probs are recomputed with the training graph before the updates;
      their gap to what `generate` returned is logged (`rollout/logprob_gap`): it is ~1e-6, not a silent bias.
-  4. Held-out greedy accuracy (mean reward) before SFT, after SFT and every `eval_every` RL steps; metrics to
+  4. Held-out greedy accuracy and sampled mean reward before SFT, after SFT and every `eval_every` RL steps; to
      metrics.jsonl, curves to reward.png, checkpoints (params, optimizer, reference) every `save_every` steps. The
      prompts of step k are a pure function of (seed, k), so a resumed run sees the data it would have seen.
 Multi-device (mesh) rollouts are not implemented yet: the job runs on the first local device.
@@ -77,10 +77,9 @@ class ShapesGRPO:
     self.rl = rl
     self.sampling = SamplingConfig(max_new_tokens=rl["max_new_tokens"], temperature=rl["temperature"],
                                    eos_ids=(shapes.EOS,), pad_id=shapes.PAD, suppress_ids=shapes.NEVER_GENERATED)
-    self.schedule = optax.join_schedules(
-      [optax.constant_schedule(config.sft.learning_rate), optax.constant_schedule(rl["learning_rate"])],
-      [config.sft.steps])
-    self.tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(self.schedule, weight_decay=0.0))
+    # Two optimizers with one state layout: RL starts from a fresh Adam state, not from the SFT moments.
+    self.sft_tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(config.sft.learning_rate, weight_decay=0.0))
+    self.rl_tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(rl["learning_rate"], weight_decay=0.0))
     self.total_steps = config.sft.steps + rl["steps"]
 
   # -- data -------------------------------------------------------------------------------------------------
@@ -100,7 +99,7 @@ class ShapesGRPO:
     inputs, _ = shapes.model_batch(self.task, self.model_config, sample)
     params = nn.meta.unbox(self.model.init(key, inputs.input_ids, inputs.positions, inputs.attention_mask,
                                            inputs.vision))
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params),
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.sft_tx.init(params),
             "ref_params": params}
 
   # -- steps ------------------------------------------------------------------------------------------------
@@ -110,7 +109,7 @@ class ShapesGRPO:
       return -jnp.sum(logp) / jnp.maximum(jnp.sum(completion_mask), 1)
 
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+    updates, opt_state = self.sft_tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     return {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}, {
       "sft/loss": loss, "grad_norm": optax.tree.norm(grads)}
@@ -122,19 +121,28 @@ class ShapesGRPO:
                             config=self.loss_config)
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+    updates, opt_state = self.rl_tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     return {**state, "params": params, "opt_state": opt_state}, {**metrics, "grad_norm": optax.tree.norm(grads)}
 
   def evaluate(self, params) -> dict[str, float]:
-    n = self.config.data.eval_examples
+    """Held-out rewards: greedy accuracy, and the mean reward of `eval_samples` sampled answers per prompt at the
+    training temperature (the quantity GRPO maximises)."""
+    n, samples = self.config.data.eval_examples, self.config.data.eval_samples
     examples = self.examples(self.config.seed + _EVAL_SEED_OFFSET, 0, n)
     inputs, _ = shapes.model_batch(self.task, self.model_config, examples)
     greedy = SamplingConfig(self.sampling.max_new_tokens, eos_ids=(shapes.EOS,), pad_id=shapes.PAD,
                             suppress_ids=shapes.NEVER_GENERATED)
     out = generate(self.model, params, inputs.input_ids, inputs.attention_mask, inputs.positions,
                    inputs.decode_base, inputs.vision, sampling=greedy, cache_dtype=jnp.float32)
-    return {"eval/reward": float(self.score(np.asarray(out.tokens), examples, 1).mean())}
+    metrics = {"eval/reward": float(self.score(np.asarray(out.tokens), examples, 1).mean())}
+    if samples:
+      repeated, _ = shapes.model_batch(self.task, self.model_config, examples, repeat=samples)
+      key = jax.random.key(self.config.seed + _EVAL_SEED_OFFSET)  # the same draws at every evaluation
+      out = generate(self.model, params, repeated.input_ids, repeated.attention_mask, repeated.positions,
+                     repeated.decode_base, repeated.vision, sampling=self.sampling, key=key, cache_dtype=jnp.float32)
+      metrics["eval/sampled_reward"] = float(self.score(np.asarray(out.tokens), examples, samples).mean())
+    return metrics
 
   def rollout(self, state, step: int) -> tuple[Any, dict[str, float]]:
     """Samples groups for RL step `step`, scores them, and runs the policy updates."""
@@ -209,7 +217,8 @@ class ShapesGRPO:
         state, metrics = self._sft_step(state, inputs, mask)
         metrics = {k: float(v) for k, v in metrics.items()}
         if step + 1 == config.sft.steps:
-          state = {**state, "ref_params": jax.tree.map(jnp.copy, state["params"])}  # the frozen reference
+          state = {**state, "ref_params": jax.tree.map(jnp.copy, state["params"]),  # the frozen reference
+                   "opt_state": self.rl_tx.init(state["params"])}
       else:
         state, metrics = self.rollout(state, step - config.sft.steps)
       done = step + 1
@@ -232,10 +241,12 @@ class ShapesGRPO:
     checkpointer.close()
     writer.close()
     records = metrics_lib.read_metrics(writer.path)
-    metrics_lib.plot_curves(records, ["sft/loss", "reward/mean", "eval/reward", "kl"], path / "reward.png",
+    metrics_lib.plot_curves(records, ["sft/loss", "reward/mean", "eval/reward", "eval/sampled_reward", "kl"],
+                            path / "reward.png",
                             title="SFT warm start, then GRPO")
-    final["eval/reward_after_sft"] = json.loads((path / "after_sft.json").read_text())["eval/reward"] \
-      if (path / "after_sft.json").exists() else float("nan")
+    if (path / "after_sft.json").exists():
+      for key, value in json.loads((path / "after_sft.json").read_text()).items():
+        final[f"{key}_after_sft"] = value
     (path / "final_metrics.json").write_text(json.dumps(final, indent=2))
     return final
 
