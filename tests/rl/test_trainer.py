@@ -68,7 +68,10 @@ def test_interrupted_run_resumes_to_the_same_state(tmp_path):
 
 @pytest.mark.slow
 def test_shortened_grpo_job_raises_the_held_out_reward(tmp_path):
+  """100 GRPO steps after the SFT warm start (half the config's): the held-out sampled reward (256 prompts x 4
+  samples, the same draws at every evaluation) rose by 0.058 in our run (0.273 -> 0.331); require +0.03."""
   config = _load_config()
+  config.rl.steps = 100
   result = train_lib.train(config, str(tmp_path))
   after_sft = json.loads((tmp_path / "after_sft.json").read_text())["eval/sampled_reward"]
-  assert result["eval/sampled_reward"] > after_sft + 0.05, (after_sft, result["eval/sampled_reward"])
+  assert result["eval/sampled_reward"] > after_sft + 0.03, (after_sft, result["eval/sampled_reward"])
