@@ -1,0 +1,60 @@
+"""The sparse-attention benchmark runs end to end on CPU (tiny shape, XLA backend) and its kept-pair counts match
+independent counts: the causal triangle S(S+1)/2 and a brute-force token mask. No timing is asserted."""
+
+import json
+
+import numpy as np
+
+from jaxagents.bench import sparse_attention as bench
+from kernels_pallas.block_sparse.layout import from_block_mask, to_token_mask
+
+SEQ = 256
+
+
+def test_benchmark_runs_on_a_tiny_shape_and_reports_every_configuration(tmp_path, capsys):
+  out = tmp_path / "rows.json"
+  rows = bench.main(["--seq", str(SEQ), "--density", "1.0,0.25", "--heads", "2", "--kv-heads", "1", "--head-dim",
+                     "32", "--block", "64", "--frame", "4x8", "--repeats", "1", "--dtype", "float32", "--backend",
+                     "xla", "--out", str(out)])
+  configs = [r["config"] for r in rows]
+  assert configs == ["anchor: dense causal", "dense-layout kernel", "random layout", "grid (video): search",
+                     "grid (video): permute", "grid (video): kernel", "grid (video): total"]
+  assert all(r["skipped"] is None and r["ms"] > 0 and r["seq"] == SEQ for r in rows)
+  by_config = {r["config"]: r for r in rows}
+  causal = SEQ * (SEQ + 1) // 2
+  assert by_config["anchor: dense causal"]["kept_pairs"] == causal
+  assert by_config["dense-layout kernel"]["kept_pairs"] == causal
+  assert by_config["dense-layout kernel"]["density"] == 1.0
+  # 4 x 4 blocks: the 4 diagonal ones plus round(0.25 * 10) - 4 < 0 -> none extra, so diagonal only.
+  assert by_config["random layout"]["kept_pairs"] == 4 * 64 * 65 // 2
+  assert by_config["anchor: dense causal"]["speedup"] is None and by_config["random layout"]["speedup"] > 0
+  grid_total = by_config["grid (video): total"]
+  parts = sum(by_config[f"grid (video): {stage}"]["ms"] for stage in ("search", "permute", "kernel"))
+  assert np.isclose(grid_total["ms"], parts)
+  assert grid_total["stride"] == 4 * 8 and grid_total["phase"] == 8 + 1  # the planted frame stride and column
+  assert 0 < grid_total["density"] < 1 and grid_total["tflops"] > 0
+  table = capsys.readouterr().out
+  assert "| S | config | density" in table and table.count("\n| ") == len(rows) + 1
+  assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(rows))
+
+
+def test_random_block_mask_is_causal_with_the_diagonal_and_the_requested_density():
+  mask = bench.random_causal_block_mask(16, 3, 0.3, seed=1)
+  assert not (mask & ~np.tril(np.ones((16, 16), bool))).any()
+  assert mask[..., np.arange(16), np.arange(16)].all()
+  assert (mask.sum((-1, -2)) == round(0.3 * 16 * 17 / 2)).all()
+
+
+def test_permuted_pair_count_matches_a_brute_force_token_mask():
+  rng = np.random.default_rng(0)
+  seq, block = 64, 16
+  block_mask = rng.random((1, 2, 4, 4)) < 0.5
+  layout = from_block_mask(block_mask, block, block)
+  perm = np.stack([rng.permutation(seq) for _ in range(2)])[None].astype(np.int32)  # [1, 2, S]
+  token = np.asarray(to_token_mask(layout, seq))  # [1, 2, S, S] over slots
+  causal = perm[..., None, :] <= perm[..., :, None]  # key slot's position <= query slot's position
+  np.testing.assert_array_equal(bench.permuted_causal_pairs(layout, perm, perm), (token & causal).sum((-1, -2)))
+  # Unpermuted, the closed form per square block agrees too.
+  identity = np.broadcast_to(np.arange(seq, dtype=np.int32), (1, 2, seq))
+  np.testing.assert_array_equal(bench.permuted_causal_pairs(layout, identity, identity),
+                                bench.causal_block_pairs(block_mask & np.tril(np.ones((4, 4), bool)), block))
