@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Sequence
 
 import flax
@@ -25,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxagents.bench.report import cell, median_time, publish
 from jaxagents.models.qwen_vl.config import QwenVLConfig
 from jaxagents.models.qwen_vl.generate import SamplingConfig, generate
 from jaxagents.models.qwen_vl.model import QwenVL
@@ -85,14 +84,6 @@ def prefill_flops(config: QwenVLConfig, batch: int, length: int) -> float:
   return batch * (2 * per_token * length + attention)
 
 
-def _median_time(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())  # compile + warm up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def run(config: QwenVLConfig, batches: Sequence[int], prompt_len: int, new_tokens: int, repeats: int = 5,
@@ -108,9 +99,9 @@ def run(config: QwenVLConfig, batches: Sequence[int], prompt_len: int, new_token
     mask = np.ones_like(ids, bool)
     positions = np.broadcast_to(np.arange(prompt_len, dtype=np.int32), (3, batch, prompt_len))
     base = np.full((3, batch), prompt_len - 1, np.int32)
-    prefill = _median_time(lambda: generate(model, params, ids, mask, positions, base,  # noqa: B023
+    prefill = median_time(lambda: generate(model, params, ids, mask, positions, base,  # noqa: B023
                                             sampling=SamplingConfig(1), cache_dtype=dtype).tokens, repeats)
-    total = _median_time(lambda: generate(model, params, ids, mask, positions, base,  # noqa: B023
+    total = median_time(lambda: generate(model, params, ids, mask, positions, base,  # noqa: B023
                                           sampling=SamplingConfig(new_tokens), cache_dtype=dtype).tokens, repeats)
     decode_time = max(total - prefill, 1e-9)
     context = prompt_len + new_tokens // 2
@@ -127,17 +118,14 @@ def run(config: QwenVLConfig, batches: Sequence[int], prompt_len: int, new_token
 
 
 def format_table(rows: list[dict], device: str) -> str:
-  def f(x, spec):
-    return "n/a" if x is None else format(x, spec)
-
   lines = [f"device: {device}",
            "| batch | prefill tok/s | prefill TFLOP/s | vs bf16 peak | decode tok/s | HBM ceiling tok/s | vs ceiling |",
            "|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     lines.append(
-      f"| {r['batch']} | {f(r['prefill_tokens_per_s'], ',.0f')} | {f(r['prefill_tflops'], '.1f')} | "
-      f"{f(r['prefill_vs_peak'], '.2f')} | {f(r['decode_tokens_per_s'], ',.1f')} | "
-      f"{f(r['decode_ceiling_tokens_per_s'], ',.1f')} | {f(r['decode_vs_ceiling'], '.2f')} |"
+      f"| {r['batch']} | {cell(r['prefill_tokens_per_s'], ',.0f')} | {cell(r['prefill_tflops'], '.1f')} | "
+      f"{cell(r['prefill_vs_peak'], '.2f')} | {cell(r['decode_tokens_per_s'], ',.1f')} | "
+      f"{cell(r['decode_ceiling_tokens_per_s'], ',.1f')} | {cell(r['decode_vs_ceiling'], '.2f')} |"
     )
   return "\n".join(lines)
 
@@ -161,11 +149,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     config = QwenVLConfig.from_hf(PRESETS[args.preset])
   rows = run(config, [int(b) for b in args.batch.split(",")], args.prompt_len, args.new_tokens, args.repeats,
              jnp.dtype(args.dtype), args.backend)
-  device = jax.devices()[0]
-  print(format_table(rows, f"{device.device_kind} (jax {jax.__version__})"))
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump({"device": device.device_kind, "args": vars(args), "rows": rows}, f, indent=2)
+  publish(rows, format_table, args, args.out)
   return rows
 
 

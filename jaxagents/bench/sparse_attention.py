@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxagents.bench.report import cell, median_time, publish
 from jaxagents.layers import attention
 from jaxagents.sparse import grid
 from jaxagents.sparse.permutation import gather_tokens
@@ -44,14 +42,6 @@ from kernels_pallas.block_sparse.layout import from_block_mask
 _SKIPPABLE = (NotImplementedError, jax.errors.JaxRuntimeError, MemoryError)
 
 
-def _median_time(fn: Callable, repeats: int) -> float:
-  jax.block_until_ready(fn())  # compile + warm up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def random_causal_block_mask(num_blocks: int, heads: int, density: float, seed: int = 0) -> np.ndarray:
@@ -172,7 +162,7 @@ def run(seqs: Sequence[int], densities: Sequence[float], *, heads: int = 28, kv_
                                  strict=True))
     anchor = None
     try:
-      seconds = _median_time(lambda: dense(q, k, v), repeats)  # noqa: B023
+      seconds = median_time(lambda: dense(q, k, v), repeats)  # noqa: B023
       anchor = seconds * 1e3
       rows.append(_row(seq_len, "anchor: dense causal", 1.0, anchor_backend, seconds, causal_pairs, **common))
     except _SKIPPABLE as error:
@@ -186,7 +176,7 @@ def run(seqs: Sequence[int], densities: Sequence[float], *, heads: int = 28, kv_
       max_blocks = min(num_blocks, -(-int(mask.sum(-1).max()) // 8) * 8)
       try:
         layout = from_block_mask(mask, block, block, max_blocks)
-        seconds = _median_time(lambda: kernel(q, k, v, layout), repeats)  # noqa: B023
+        seconds = median_time(lambda: kernel(q, k, v, layout), repeats)  # noqa: B023
         rows.append(_row(seq_len, config, pairs / causal_pairs, kernel_backend, seconds, pairs, anchor=anchor,
                          **common))
       except _SKIPPABLE as error:
@@ -226,9 +216,9 @@ def _grid_rows(seq_len, heads, kv_heads, head_dim, block, frame, repeats, dtype,
     qf, kf, vf = permute(q, k, v)
     out = kernel(qf, kf, vf, folded, q_positions=q_pos, kv_positions=kv_pos)
     times = [
-      _median_time(lambda: search(q, k), repeats),
-      _median_time(lambda: permute(q, k, v), repeats) + _median_time(lambda: unpermute(out), repeats),
-      _median_time(lambda: kernel(qf, kf, vf, folded, q_positions=q_pos, kv_positions=kv_pos), repeats),
+      median_time(lambda: search(q, k), repeats),
+      median_time(lambda: permute(q, k, v), repeats) + median_time(lambda: unpermute(out), repeats),
+      median_time(lambda: kernel(qf, kf, vf, folded, q_positions=q_pos, kv_positions=kv_pos), repeats),
     ]
     pairs = float(permuted_causal_pairs(layout, perm.q_perm, perm.kv_perm).mean())
   except _SKIPPABLE as error:
@@ -244,16 +234,13 @@ def _grid_rows(seq_len, heads, kv_heads, head_dim, block, frame, repeats, dtype,
 
 
 def format_table(rows: list[dict], device: str) -> str:
-  def f(x, spec):
-    return "n/a" if x is None else format(x, spec)
-
   lines = [f"device: {device}",
            "| S | config | density | backend | ms | TFLOP/s (kept) | speedup vs anchor | note |",
            "|---:|---|---:|---|---:|---:|---:|---|"]
   for r in rows:
     note = r["skipped"] or (f"stride {r['stride']}, phase {r['phase']}" if "stride" in r else "")
-    lines.append(f"| {r['seq']} | {r['config']} | {f(r['density'], '.3f')} | {r['backend']} | {f(r['ms'], '.3f')} | "
-                 f"{f(r['tflops'], '.1f')} | {f(r['speedup'], '.2f')} | {note} |")
+    lines.append(f"| {r['seq']} | {r['config']} | {cell(r['density'], '.3f')} | {r['backend']} | "
+                 f"{cell(r['ms'], '.3f')} | {cell(r['tflops'], '.1f')} | {cell(r['speedup'], '.2f')} | {note} |")
   return "\n".join(lines)
 
 
@@ -278,11 +265,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   rows = run([int(s) for s in args.seq.split(",")], [float(d) for d in args.density.split(",")], heads=args.heads,
              kv_heads=args.kv_heads, head_dim=args.head_dim, block=args.block, frame=frame, repeats=args.repeats,
              dtype=jnp.dtype(args.dtype), backend=args.backend, interpret=args.interpret)
-  device = jax.devices()[0]
-  print(format_table(rows, f"{device.device_kind} (jax {jax.__version__})"))
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump({"device": device.device_kind, "args": vars(args), "rows": rows}, f, indent=2)
+  publish(rows, format_table, args, args.out)
   return rows
 
 
