@@ -147,7 +147,6 @@ def model_batch(config: ShapesConfig, model_config, examples: list[dict], comple
   options = ImageOptions(min_pixels=size, max_pixels=size, patch_size=config.cell,
                          merge_size=model_config.vision.merge_size)
   rows = [prompt_ids(config, e, model_config.vision.merge_size) for e in examples for _ in range(repeat)]
-  images = [e["image"] for e in examples for _ in range(repeat)]
   completion_rows = [[] for _ in rows] if completions is None else [list(c) for c in completions]
   if len(completion_rows) != len(rows):
     raise ValueError(f"completions: expected {len(rows)} rows (examples x repeat), got {len(completion_rows)}")
@@ -160,6 +159,9 @@ def model_batch(config: ShapesConfig, model_config, examples: list[dict], comple
     ids[b, length - len(row):] = row
     mask[b, length - len(row):] = 1
     completion_mask[b, length - len(completion):] = 1 if completion else 0
-  pixel_values, grid = preprocess_images(images, options)
+  # Every board has the same size, so each example's patches are computed once and repeated for its group.
+  pixel_values, grid = preprocess_images([e["image"] for e in examples], options)
+  pixel_values = np.repeat(pixel_values.reshape(len(examples), -1, pixel_values.shape[-1]), repeat, axis=0)
+  pixel_values, grid = pixel_values.reshape(-1, pixel_values.shape[-1]), np.repeat(grid, repeat, axis=0)
   inputs = prepare_inputs(model_config, ids, mask, pixel_values=pixel_values, image_grid_thw=grid)
   return inputs, (completion_mask if completions is not None else None)
