@@ -12,6 +12,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   c = ml_collections.ConfigDict()
   c.trainer = "rl"
+  c.algorithm = "grpo"
   c.seed = 0
   c.data = dict(task=dict(grid=4, cell=14, colors=("red", "green", "blue"), max_count=4, fill=0.5),
                 eval_examples=256, eval_samples=4)  # held-out prompts; sampled answers per prompt

@@ -19,9 +19,10 @@ Multi-device (mesh) rollouts are not implemented yet: the job runs on the first 
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -64,8 +65,38 @@ def completion_logprobs(model: QwenVL, params, inputs, completion_mask, sampling
   return chosen, entropy
 
 
+class Rollout(NamedTuple):
+  """One RL step's sampled groups (B = prompts_per_step * group_size rows, L = prompt + completion length).
+
+  Attributes:
+    examples: the prompts' task examples (each repeated `group_size` times in the rows).
+    tokens: [B, N] sampled completion tokens (pad after the end); lengths: [B] their lengths.
+    scores: [B] float32 verifiable rewards.
+    inputs: `ModelInputs` of prompt + completion rows; completion_mask: [B, L] bool, True at sampled tokens.
+    old_logp, ref_logp: [B, L] log-probs of the sampled tokens under the sampling and reference policies
+      (training graph recompute; 0 off the completion).
+    logprob_gap: max |recompute - sampler log-prob| over completion tokens.
+  """
+
+  examples: list
+  tokens: np.ndarray
+  lengths: np.ndarray
+  scores: np.ndarray
+  inputs: Any
+  completion_mask: np.ndarray
+  old_logp: jax.Array
+  ref_logp: jax.Array
+  logprob_gap: float
+
+
 class ShapesGRPO:
-  """The job's pieces, built from the config; `run(workdir)` executes (or resumes) it."""
+  """The job's pieces, built from the config; `run(workdir)` executes (or resumes) it.
+
+  Subclasses (PDCR, VGS) override `advantages`, `rl_update`, `train_step` or `compile`; `progress_name` and
+  `plot_title` name the job in its progress bar and its reward plot."""
+
+  progress_name = "sft+grpo"
+  plot_title = "SFT warm start, then GRPO"
 
   def __init__(self, config):
     self.config = config
@@ -80,7 +111,8 @@ class ShapesGRPO:
     # Two optimizers with one state layout: RL starts from a fresh Adam state, not from the SFT moments.
     self.sft_tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(config.sft.learning_rate, weight_decay=0.0))
     self.rl_tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(rl["learning_rate"], weight_decay=0.0))
-    self.total_steps = config.sft.steps + rl["steps"]
+    self.sft_end = config.sft.steps  # the global step at which RL starts
+    self.total_steps = self.sft_end + rl["steps"]
 
   # -- data -------------------------------------------------------------------------------------------------
   def examples(self, seed: int, start: int, count: int) -> list[dict]:
@@ -144,8 +176,9 @@ class ShapesGRPO:
       metrics["eval/sampled_reward"] = float(self.score(np.asarray(out.tokens), examples, samples).mean())
     return metrics
 
-  def rollout(self, state, step: int) -> tuple[Any, dict[str, float]]:
-    """Samples groups for RL step `step`, scores them, and runs the policy updates."""
+  def sample(self, state, step: int) -> Rollout:
+    """Draws the prompts of RL step `step`, samples `group_size` completions of each, scores them, and recomputes
+    the sampling and reference log-probs with the training graph."""
     rl, group = self.rl, self.rl["group_size"]
     prompts = rl["prompts_per_step"]
     examples = self.examples(self.config.seed, step * prompts, prompts)
@@ -156,7 +189,6 @@ class ShapesGRPO:
                    cache_dtype=jnp.float32)
     tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
     scores = self.score(tokens, examples, group)
-    advantages = grpo.grpo_advantages(scores, self.loss_config, group_size=group)
     train_inputs, completion_mask = shapes.model_batch(self.task, self.model_config, examples, list(tokens),
                                                        repeat=group)
     steps = np.arange(tokens.shape[1])
@@ -165,13 +197,50 @@ class ShapesGRPO:
     ref_logp, _ = self._logprobs(state["ref_params"], train_inputs, completion_mask)
     sampled = np.asarray(old_logp)[:, -tokens.shape[1]:]
     gap = np.abs(np.where(completion_mask[:, -tokens.shape[1]:], sampled - np.asarray(out.logprobs), 0)).max()
+    return Rollout(examples, tokens, lengths, scores, train_inputs, completion_mask, old_logp, ref_logp, float(gap))
+
+  def advantages(self, state, batch: Rollout) -> tuple[Any, dict[str, float]]:
+    """Per-sequence [B] (or per-token [B, T]) advantages of a rollout, and metrics. GRPO: group-normalized
+    outcome rewards (spec §1.1); subclasses add process terms."""
+    del state
+    return grpo.grpo_advantages(batch.scores, self.loss_config, group_size=self.rl["group_size"]), {}
+
+  def rollout(self, state, step: int) -> tuple[Any, dict[str, float]]:
+    """RL step `step`: `sample`, `advantages`, then `updates_per_batch` optimizer steps of `rl_update`."""
+    batch = self.sample(state, step)
+    advantages, extra = self.advantages(state, batch)
     metrics = {}
-    for _ in range(rl["updates_per_batch"]):
-      state, metrics = self._rl_update(state, train_inputs, completion_mask, old_logp, ref_logp, advantages)
+    for _ in range(self.rl["updates_per_batch"]):
+      state, metrics = self._rl_update(state, batch.inputs, batch.completion_mask, batch.old_logp, batch.ref_logp,
+                                       advantages)
     state = {**state, "step": state["step"] + 1}
-    return state, {**{k: float(v) for k, v in metrics.items()}, "reward/mean": float(scores.mean()),
-                   "reward/std": float(scores.std()), "response_length": float(lengths.mean()),
-                   "rollout/logprob_gap": float(gap)}
+    return state, {**{k: float(v) for k, v in metrics.items()}, **extra, "reward/mean": float(batch.scores.mean()),
+                   "reward/std": float(batch.scores.std()), "response_length": float(batch.lengths.mean()),
+                   "rollout/logprob_gap": batch.logprob_gap}
+
+  def train_step(self, state, step: int) -> tuple[Any, dict[str, float]]:
+    """Global step `step` (0-based): an SFT step, the SFT -> RL hand-over, or an RL step."""
+    sft = self.config.sft
+    if step >= self.sft_end:
+      return self.rollout(state, step - self.sft_end)
+    examples = self.examples(self.config.seed, step * sft.batch_size, sft.batch_size)
+    inputs, mask = shapes.model_batch(self.task, self.model_config, examples, [self.target_ids(e) for e in examples])
+    state, metrics = self._sft_step(state, inputs, mask)
+    if step + 1 == self.sft_end:
+      state = {**state, "ref_params": jax.tree.map(jnp.copy, state["params"]),  # the frozen reference
+               "opt_state": self.rl_tx.init(state["params"])}
+    return state, {k: float(v) for k, v in metrics.items()}
+
+  def target_ids(self, example: dict) -> list[int]:
+    """The SFT target completion of an example."""
+    return shapes.answer_ids(example)
+
+  def compile(self) -> None:
+    """Jits the steps (called once by `run`; subclasses add theirs)."""
+    self._sft_step = jax.jit(self.sft_step, donate_argnums=0)
+    self._rl_update = jax.jit(self.rl_update, donate_argnums=0)
+    self._logprobs = jax.jit(lambda params, inputs, mask: completion_logprobs(
+      self.model, params, inputs, mask, self.sampling))
 
   # -- loop -------------------------------------------------------------------------------------------------
   def run(self, workdir: str) -> dict[str, float]:
@@ -180,10 +249,7 @@ class ShapesGRPO:
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(config.to_json_best_effort(indent=2))
     device = jax.local_devices()[0]
-    self._sft_step = jax.jit(self.sft_step, donate_argnums=0)
-    self._rl_update = jax.jit(self.rl_update, donate_argnums=0)
-    self._logprobs = jax.jit(lambda params, inputs, mask: completion_logprobs(
-      self.model, params, inputs, mask, self.sampling))
+    self.compile()
     init_key = jax.random.key(config.seed)
     abstract = jax.eval_shape(self.init_state, init_key)
     replicated = jax.sharding.SingleDeviceSharding(device)
@@ -206,33 +272,21 @@ class ShapesGRPO:
       state = checkpointer.restore(start, abstract)
       print(f"Resumed from step {start} in {checkpointer.directory}.", file=sys.stderr)
 
-    sft_batch = config.sft.batch_size
     final: dict[str, float] = {}
-    progress = tqdm.tqdm(total=self.total_steps, initial=start, desc="sft+grpo", dynamic_ncols=True)
+    progress = tqdm.tqdm(total=self.total_steps, initial=start, desc=self.progress_name, dynamic_ncols=True)
     for step in range(start, self.total_steps):
-      if step < config.sft.steps:
-        examples = self.examples(config.seed, step * sft_batch, sft_batch)
-        inputs, mask = shapes.model_batch(self.task, self.model_config, examples,
-                                          [shapes.answer_ids(e) for e in examples])
-        state, metrics = self._sft_step(state, inputs, mask)
-        metrics = {k: float(v) for k, v in metrics.items()}
-        if step + 1 == config.sft.steps:
-          state = {**state, "ref_params": jax.tree.map(jnp.copy, state["params"]),  # the frozen reference
-                   "opt_state": self.rl_tx.init(state["params"])}
-      else:
-        state, metrics = self.rollout(state, step - config.sft.steps)
+      state, metrics = self.train_step(state, step)
       done = step + 1
       if done % config.log_every == 0 or done == self.total_steps:
         writer.write(done, metrics)
         final.update(metrics)
         progress.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if k in ("sft/loss", "reward/mean")},
                              refresh=False)
-      if done == config.sft.steps or (done > config.sft.steps and done % config.eval_every == 0) or \
-          done == self.total_steps:
+      if done == self.sft_end or (done > self.sft_end and done % config.eval_every == 0) or done == self.total_steps:
         evaluation = self.evaluate(state["params"])
         writer.write(done, evaluation)
         final.update(evaluation)
-        if done == config.sft.steps:
+        if done == self.sft_end:
           (path / "after_sft.json").write_text(json.dumps(evaluation))
         tqdm.tqdm.write(f"step {done}: " + ", ".join(f"{k}={v:.3f}" for k, v in evaluation.items()))
       checkpointer.save(done, state, force=done == self.total_steps)
@@ -243,7 +297,7 @@ class ShapesGRPO:
     records = metrics_lib.read_metrics(writer.path)
     metrics_lib.plot_curves(records, ["sft/loss", "reward/mean", "eval/reward", "eval/sampled_reward", "kl"],
                             path / "reward.png",
-                            title="SFT warm start, then GRPO")
+                            title=self.plot_title)
     if (path / "after_sft.json").exists():
       for key, value in json.loads((path / "after_sft.json").read_text()).items():
         final[f"{key}_after_sft"] = value
@@ -251,6 +305,23 @@ class ShapesGRPO:
     return final
 
 
+# `config.algorithm` -> "module:class" of the job (imported on use, so one trainer's imports do not burden another).
+JOBS = {
+  "grpo": "jaxagents.rl.trainer:ShapesGRPO",
+  "pdcr": "jaxagents.rl.pdcr_trainer:ShapesPDCR",
+  "vgs": "jaxagents.rl.vgs_trainer:ShapesVGS",
+}
+
+
+def job_class(algorithm: str) -> type:
+  """The trainer class registered for `algorithm` in `JOBS`."""
+  if algorithm not in JOBS:
+    raise ValueError(f"config.algorithm: expected one of {sorted(JOBS)}, got {algorithm!r}")
+  module, name = JOBS[algorithm].split(":")
+  return getattr(importlib.import_module(module), name)
+
+
 def train(config, workdir: str) -> dict[str, float]:
-  """Entry point used by `python -m jaxagents.train` when `config.trainer == "rl"`."""
-  return ShapesGRPO(config).run(workdir)
+  """Entry point used by `python -m jaxagents.train` when `config.trainer == "rl"`; `config.algorithm` (default
+  "grpo") picks the job from `JOBS`."""
+  return job_class(config.get("algorithm", "grpo"))(config).run(workdir)
