@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxagents.rl import grpo
+from jaxagents.rl import advantages
 
 Array = jax.Array
 
@@ -89,9 +89,9 @@ def step_rewards(
 def policy_advantages(returns: Any, group_ids: Any = None, *, group_size: int | None = None, **options: Any) -> Array:
   """Policy-improvement advantages `[B]`: GRPO's group z-score of the episode returns `[B]`.
 
-  `options` go to `grpo.group_advantages` (std, eps, scale, valid).
+  `options` go to `advantages.group_advantages` (std, eps, scale, valid).
   """
-  return grpo.group_advantages(returns, group_ids, group_size=group_size, **options)
+  return advantages.group_advantages(returns, group_ids, group_size=group_size, **options)
 
 
 def _group_means(values: Array, ids: Array, query_ids: Array) -> tuple[Array, Array]:

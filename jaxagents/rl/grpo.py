@@ -1,6 +1,7 @@
 """GRPO and its variants: group-relative advantages and the clipped policy-ratio loss.
 
-Implements spec `rl_algorithms.md` §1 and the API of §8.1/§8.2 (advantages and losses live together here):
+Implements spec `rl_algorithms.md` §1 and the loss API of §8.2; the advantages of §8.1 are in `advantages.py`
+(`grpo_advantages` picks one by config):
 
 * DeepSeekMath GRPO (arXiv 2402.03300), per token t of completion i, with r = pi_theta / pi_old:
     J = 1/G sum_i 1/|o_i| sum_t [ min(r A_i, clip(r, 1-eps, 1+eps) A_i) - beta KL_k3 ],
@@ -34,208 +35,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from jaxagents.rl._checks import bool_mask, canonical, check_rank, check_shape, float_array, lookup
+from jaxagents.rl.advantages import ADVANTAGE_ESTIMATORS, group_advantages, rloo_advantages
 
 Array = jax.Array
 
 # The largest |log ratio| passed to exp; verl and tunix clamp at 20 so a stale token cannot overflow the ratio.
 DEFAULT_LOG_RATIO_CLAMP = 20.0
-
-
-def _canonical(name: str) -> str:
-  return name.replace("-", "_").lower()
-
-
-def _lookup(registry: Mapping[str, Any], name: str, argument: str) -> Any:
-  key = _canonical(name)
-  if key not in registry:
-    raise ValueError(f"{argument}: expected one of {sorted(registry)}, got {name!r}.")
-  return registry[key]
-
-
-def _float_array(x: Any, name: str) -> Array:
-  x = jnp.asarray(x)
-  if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
-    raise ValueError(f"{name}: expected a real-valued array, got dtype {x.dtype}.")
-  return x.astype(jnp.float32)
-
-
-def _bool_mask(mask: Any, name: str, shape: tuple[int, ...]) -> Array:
-  mask = jnp.asarray(mask)
-  if mask.shape != shape:
-    raise ValueError(f"{name}: expected shape {shape}, got {mask.shape}.")
-  numeric = jnp.issubdtype(mask.dtype, jnp.integer) or jnp.issubdtype(mask.dtype, jnp.floating)
-  if not (mask.dtype == jnp.bool_ or numeric):
-    raise ValueError(f"{name}: expected bool or 0/1 values, got dtype {mask.dtype}.")
-  return mask.astype(bool) if mask.dtype == jnp.bool_ else mask != 0
-
-
-def _check_shape(x: Array, name: str, shape: tuple[int, ...]) -> None:
-  if x.shape != shape:
-    raise ValueError(f"{name}: expected shape {shape}, got {x.shape}.")
-
-
-def _check_rank(x: Array, name: str, rank: int, what: str) -> None:
-  if x.ndim != rank:
-    raise ValueError(f"{name}: expected {what} (rank {rank}), got shape {x.shape}.")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Advantages (spec §1.1-1.3, §8.1)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def contiguous_group_ids(batch_size: int, group_size: int) -> np.ndarray:
-  """Group ids `[B]` for a batch laid out as num_groups consecutive blocks of `group_size` completions."""
-  if group_size < 1 or batch_size % group_size:
-    raise ValueError(f"group_size: expected a positive divisor of the batch size {batch_size}, got {group_size}.")
-  return np.arange(batch_size) // group_size
-
-
-def _group_sum(x: Array, group_ids: Array | None, group_size: int | None) -> Array:
-  """For every row, the sum of `x: [B]` over the rows of its group -> [B]."""
-  if group_ids is None:
-    return jnp.repeat(x.reshape(-1, group_size).sum(axis=1), group_size)
-  # A [B, B] same-group matrix accepts any integer ids (no static group count needed under jit); B is a rollout
-  # batch, a few thousand rows at most.
-  same_group = (group_ids[:, None] == group_ids[None, :]).astype(x.dtype)
-  return same_group @ x
-
-
-def _group_max(x: Array, group_ids: Array | None, group_size: int | None) -> Array:
-  """For every row, the max of `x: [B]` over the rows of its group -> [B]."""
-  if group_ids is None:
-    return jnp.repeat(x.reshape(-1, group_size).max(axis=1), group_size)
-  same_group = group_ids[:, None] == group_ids[None, :]
-  return jnp.max(jnp.where(same_group, x[None, :], -jnp.inf), axis=1)
-
-
-def _grouping(rewards: Array, group_ids: Any, group_size: int | None) -> tuple[Array | None, int | None]:
-  (batch,) = rewards.shape
-  if (group_ids is None) == (group_size is None):
-    raise ValueError("group_ids/group_size: expected exactly one of them, got "
-                     f"group_ids={'None' if group_ids is None else 'an array'}, group_size={group_size}.")
-  if group_ids is None:
-    contiguous_group_ids(batch, group_size)  # validates the divisor
-    return None, group_size
-  group_ids = jnp.asarray(group_ids)
-  _check_shape(group_ids, "group_ids", (batch,))
-  if not jnp.issubdtype(group_ids.dtype, jnp.integer):
-    raise ValueError(f"group_ids: expected an integer array, got dtype {group_ids.dtype}.")
-  return group_ids, None
-
-
-def _rewards_and_valid(rewards: Any, valid: Any) -> tuple[Array, Array]:
-  rewards = _float_array(rewards, "rewards")
-  _check_rank(rewards, "rewards", 1, "one reward per completion [B]")
-  valid = jnp.ones(rewards.shape, bool) if valid is None else _bool_mask(valid, "valid", rewards.shape)
-  # Unscorable rows may carry NaN; they are removed from every statistic rather than multiplied by 0.
-  return jnp.where(valid, rewards, 0.0), valid
-
-
-@functools.partial(jax.jit, static_argnames=("group_size", "std", "eps", "scale"))
-def group_advantages(
-  rewards: Any,
-  group_ids: Any = None,
-  *,
-  group_size: int | None = None,
-  std: str | None = "unbiased",
-  eps: float = 1e-6,
-  scale: str = "group",
-  valid: Any = None,
-) -> Array:
-  """Group-relative outcome advantages `[B]`: (R - mean_group R) / (std + eps).
-
-  Args:
-    rewards: [B] scalar reward per completion.
-    group_ids: [B] integer id of each completion's prompt (any values, any order); or give `group_size`.
-    group_size: G, for a batch of consecutive groups (B = num_groups * G).
-    std: "unbiased" (ddof 1: trl, verl, tunix), "population" (ddof 0: maxtext), or None for no scaling (Dr. GRPO).
-    eps: added to the std (trl 1e-4, verl/tunix 1e-6, maxtext 1e-8).
-    scale: where the std is taken: "group" (GRPO), "batch" (trl `scale_rewards="batch"`: the mean stays per
-      group, the std is over the whole batch) or "none" (same as `std=None`).
-    valid: optional [B] bool; invalid rows (unscorable, filtered) are left out of every statistic and get A = 0.
-
-  Returns:
-    [B] float32 advantages. In every group they sum to zero; a group whose valid rewards are all equal (a group of
-    one included) gets exactly 0, never NaN.
-  """
-  rewards, valid = _rewards_and_valid(rewards, valid)
-  group_ids, group_size = _grouping(rewards, group_ids, group_size)
-  scale = _canonical(scale)
-  if scale not in ("group", "batch", "none"):
-    raise ValueError(f"scale: expected 'group', 'batch' or 'none', got {scale!r}.")
-  if std is not None and std not in ("unbiased", "population"):
-    raise ValueError(f"std: expected 'unbiased', 'population' or None, got {std!r}.")
-  valid_f = valid.astype(jnp.float32)
-  count = _group_sum(valid_f, group_ids, group_size)
-  mean = _group_sum(rewards, group_ids, group_size) / jnp.maximum(count, 1.0)
-  centred = jnp.where(valid, rewards - mean, 0.0)
-  # Exact test for a constant group (max == min over its valid rows): fp rounding can leave R - mean at 1 ulp,
-  # which a small eps would blow up into a large advantage.
-  group_max = _group_max(jnp.where(valid, rewards, -jnp.inf), group_ids, group_size)
-  group_min = -_group_max(jnp.where(valid, -rewards, -jnp.inf), group_ids, group_size)
-  constant_group = group_max == group_min
-  if std is not None and scale != "none":
-    ddof = 1.0 if std == "unbiased" else 0.0
-    if scale == "group":
-      sq_sum, n = _group_sum(jnp.square(centred), group_ids, group_size), count
-    else:
-      batch_mean = jnp.sum(rewards) / jnp.maximum(jnp.sum(valid_f), 1.0)
-      sq_sum = jnp.sum(jnp.where(valid, jnp.square(rewards - batch_mean), 0.0))
-      n = jnp.sum(valid_f)
-    sigma = jnp.sqrt(sq_sum / jnp.maximum(n - ddof, 1.0))
-    centred = centred / (sigma + eps)
-  return jnp.where(valid & ~constant_group, centred, 0.0)
-
-
-@functools.partial(jax.jit, static_argnames=("group_size",))
-def rloo_advantages(rewards: Any, group_ids: Any = None, *, group_size: int | None = None, valid: Any = None) -> Array:
-  """REINFORCE leave-one-out advantages `[B]`: A_i = R_i - mean_{j != i, same group} R_j (tunix "rloo").
-
-  Groups with fewer than two valid rows get 0. Per-group sums are zero. Shapes as in `group_advantages`.
-  """
-  rewards, valid = _rewards_and_valid(rewards, valid)
-  group_ids, group_size = _grouping(rewards, group_ids, group_size)
-  count = _group_sum(valid.astype(jnp.float32), group_ids, group_size)
-  total = _group_sum(rewards, group_ids, group_size)
-  advantages = rewards - (total - rewards) / jnp.maximum(count - 1.0, 1.0)
-  return jnp.where(valid & (count >= 2.0), advantages, 0.0)
-
-
-ADVANTAGE_ESTIMATORS: dict[str, Callable[..., Array]] = {
-  "grpo": group_advantages,
-  "rloo": rloo_advantages,
-}
-
-
-def dapo_group_keep_mask(rewards: Any, group_size: int) -> Array:
-  """DAPO dynamic sampling: `[B / G]` bool, True for groups whose rewards are not all equal (0 < #correct < G)."""
-  rewards = _float_array(rewards, "rewards")
-  _check_rank(rewards, "rewards", 1, "one reward per completion [B]")
-  contiguous_group_ids(rewards.shape[0], group_size)
-  grouped = rewards.reshape(-1, group_size)
-  return grouped.max(axis=1) > grouped.min(axis=1)
-
-
-def soft_overlong_penalty(lengths: Any, max_len: int, cache_len: int, factor: float = 1.0) -> Array:
-  """DAPO soft overlong punishment `[B]`, added to the reward (DAPO Eq. 13; trl `get_soft_overlong_punishment`).
-
-  0 for |y| <= L_max - L_cache; ((L_max - L_cache) - |y|) / L_cache in between; -1 beyond L_max; times `factor`.
-  lengths: [B] completion lengths in tokens.
-  """
-  if not 0 < cache_len <= max_len:
-    raise ValueError(f"cache_len: expected 0 < cache_len <= max_len={max_len}, got {cache_len}.")
-  lengths = _float_array(lengths, "lengths")
-  threshold = float(max_len - cache_len)
-  ramp = (threshold - lengths) / float(cache_len)
-  penalty = jnp.where(lengths <= threshold, 0.0, jnp.where(lengths <= max_len, ramp, -1.0))
-  return factor * penalty
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -281,13 +93,13 @@ def kl_penalty(
   clamp: optional bound c: the estimate is clipped to [-c, c] (verl uses 10 for k3). `mask`, when given, zeroes
   padded positions (whatever they hold) in the value and the gradient.
   """
-  estimator = _lookup(KL_ESTIMATORS, kind, "kind")
-  logp = _float_array(logp, "logp")
-  ref_logp = _float_array(ref_logp, "ref_logp")
-  _check_shape(ref_logp, "ref_logp", logp.shape)
+  estimator = lookup(KL_ESTIMATORS, kind, "kind")
+  logp = float_array(logp, "logp")
+  ref_logp = float_array(ref_logp, "ref_logp")
+  check_shape(ref_logp, "ref_logp", logp.shape)
   log_ratio = logp - ref_logp
   if mask is not None:
-    mask = _bool_mask(mask, "mask", logp.shape)
+    mask = bool_mask(mask, "mask", logp.shape)
     log_ratio = jnp.where(mask, log_ratio, 0.0)
   # The log-ratio clamp of verl: keeps exp() finite for tokens the reference finds (near) impossible.
   kl = estimator(jnp.clip(log_ratio, -DEFAULT_LOG_RATIO_CLAMP, DEFAULT_LOG_RATIO_CLAMP))
@@ -363,10 +175,10 @@ def aggregate(
   whole optimizer batch: `global_token_count` (token_mean) or `global_seq_count` (the seq_* modes); the
   microbatch losses then sum to the full-batch loss. No mode ever divides by zero.
   """
-  reducer = _lookup(AGGREGATIONS, mode, "mode")
-  per_token = _float_array(per_token, "per_token")
-  _check_rank(per_token, "per_token", 2, "[B, T]")
-  mask = _bool_mask(mask, "mask", per_token.shape)
+  reducer = lookup(AGGREGATIONS, mode, "mode")
+  per_token = float_array(per_token, "per_token")
+  check_rank(per_token, "per_token", 2, "[B, T]")
+  mask = bool_mask(mask, "mask", per_token.shape)
   if norm_len is not None and norm_len < 1:
     raise ValueError(f"norm_len: expected a positive length, got {norm_len}.")
   # where, not multiply: padded positions may hold inf/NaN, and 0 * NaN = NaN.
@@ -398,7 +210,7 @@ def importance_log_ratio(
   sequence_token: sg[sequence] + log pi_theta(y_t) - sg[log pi_theta(y_t)]      (GSPO-token)
   clamp: |log r| bound before exp (verl/tunix use 20); None disables it.
   """
-  level = _canonical(level)
+  level = canonical(level)
   if level not in IMPORTANCE_LEVELS:
     raise ValueError(f"level: expected one of {IMPORTANCE_LEVELS}, got {level!r}.")
   token = jnp.where(mask, logp - old_logp, 0.0)
@@ -457,14 +269,14 @@ def policy_loss(
     `approx_kl` (k3 estimate of KL(pi_old || pi_theta): r - 1 - log r), `ratio_mean`/`ratio_min`/`ratio_max`,
     `num_tokens`, `num_sequences` (non-empty rows).
   """
-  logp = _float_array(logp, "logp")
-  _check_rank(logp, "logp", 2, "[B, T]")
-  mask = _bool_mask(mask, "mask", logp.shape)
+  logp = float_array(logp, "logp")
+  check_rank(logp, "logp", 2, "[B, T]")
+  mask = bool_mask(mask, "mask", logp.shape)
   if old_logp is None:
     old_logp = jax.lax.stop_gradient(logp)
-  old_logp = _float_array(old_logp, "old_logp")
-  _check_shape(old_logp, "old_logp", logp.shape)
-  advantages = _float_array(advantages, "advantages")
+  old_logp = float_array(old_logp, "old_logp")
+  check_shape(old_logp, "old_logp", logp.shape)
+  advantages = float_array(advantages, "advantages")
   if advantages.shape == logp.shape[:1]:
     advantages = advantages[:, None]
   elif advantages.shape != logp.shape:
@@ -543,10 +355,10 @@ class GRPOConfig:
   log_ratio_clamp: float | None = DEFAULT_LOG_RATIO_CLAMP
 
   def __post_init__(self):
-    _lookup(ADVANTAGE_ESTIMATORS, self.advantage, "advantage")
-    _lookup(AGGREGATIONS, self.agg, "agg")
-    _lookup(KL_ESTIMATORS, self.kl, "kl")
-    if _canonical(self.level) not in IMPORTANCE_LEVELS:
+    lookup(ADVANTAGE_ESTIMATORS, self.advantage, "advantage")
+    lookup(AGGREGATIONS, self.agg, "agg")
+    lookup(KL_ESTIMATORS, self.kl, "kl")
+    if canonical(self.level) not in IMPORTANCE_LEVELS:
       raise ValueError(f"level: expected one of {IMPORTANCE_LEVELS}, got {self.level!r}.")
     if self.std is not None and self.std not in ("unbiased", "population"):
       raise ValueError(f"std: expected 'unbiased', 'population' or None, got {self.std!r}.")
@@ -574,7 +386,7 @@ def grpo_config(variant: str = "grpo", **overrides: Any) -> GRPOConfig:
   """
   if "variant" in overrides:
     variant = overrides.pop("variant")
-  base = _lookup(VARIANTS, variant, "variant")
+  base = lookup(VARIANTS, variant, "variant")
   fields = {field.name for field in dataclasses.fields(GRPOConfig)}
   unknown = sorted(set(overrides) - fields)
   if unknown:
@@ -586,7 +398,7 @@ def grpo_advantages(
   rewards: Any, config: GRPOConfig, group_ids: Any = None, *, group_size: int | None = None, valid: Any = None,
 ) -> Array:
   """Advantages `[B]` from `rewards: [B]` with the estimator and normalisation chosen by `config`."""
-  estimator = _canonical(config.advantage)
+  estimator = canonical(config.advantage)
   if estimator == "rloo":
     return rloo_advantages(rewards, group_ids, group_size=group_size, valid=valid)
   return group_advantages(
@@ -623,9 +435,9 @@ def grpo_loss(
   """
   if config.beta > 0 and ref_logp is None:
     raise ValueError(f"ref_logp: expected [B, T] reference log-probs because config.beta={config.beta} > 0, got None.")
-  logp = _float_array(logp, "logp")
-  _check_rank(logp, "logp", 2, "[B, T]")
-  mask_b = _bool_mask(mask, "mask", logp.shape)
+  logp = float_array(logp, "logp")
+  check_rank(logp, "logp", 2, "[B, T]")
+  mask_b = bool_mask(mask, "mask", logp.shape)
   counts = dict(global_token_count=global_token_count, global_seq_count=global_seq_count)
   pg_loss, metrics = policy_loss(
     logp, old_logp, advantages, mask_b, eps_low=config.eps_low, eps_high=config.eps_high, dual_clip=config.dual_clip,
@@ -641,8 +453,8 @@ def grpo_loss(
     metrics["kl"] = _masked_token_mean(jax.lax.stop_gradient(kl), mask_b)
     metrics["kl_loss"] = kl_loss
   if entropy is not None:
-    entropy = _float_array(entropy, "entropy")
-    _check_shape(entropy, "entropy", logp.shape)
+    entropy = float_array(entropy, "entropy")
+    check_shape(entropy, "entropy", logp.shape)
     if config.entropy_coef != 0.0:
       loss = loss - config.entropy_coef * aggregate(entropy, mask_b, config.agg, norm_len=config.norm_len, **counts)
     metrics["entropy"] = _masked_token_mean(jax.lax.stop_gradient(entropy), mask_b)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxagents.rl import grpo
+from jaxagents.rl import advantages, grpo
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Independent references (numpy loops over the hand-made inputs)
@@ -138,7 +138,7 @@ def _batch(seed=0, batch=6, length=5, spread=0.3):
   ],
 )
 def test_group_advantages_match_spec_oracles(rewards, kwargs, expected):
-  np.testing.assert_allclose(grpo.group_advantages(rewards, group_size=4, **kwargs), expected, atol=1e-6)
+  np.testing.assert_allclose(advantages.group_advantages(rewards, group_size=4, **kwargs), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("std, ddof", [("unbiased", 1), ("population", 0), (None, None)])
@@ -148,7 +148,7 @@ def test_group_advantages_match_numpy_loop_and_sum_to_zero_per_group(std, ddof, 
   rewards = rng.normal(size=12).astype(np.float32)
   rewards[4:8] = 2.5  # a zero-variance group
   ids = np.arange(12) // 4
-  got = np.asarray(grpo.group_advantages(rewards, group_size=4, std=std, scale=scale))
+  got = np.asarray(advantages.group_advantages(rewards, group_size=4, std=std, scale=scale))
   np.testing.assert_allclose(got, np_group_advantages(rewards, ids, ddof=ddof, scale=scale), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(got.reshape(3, 4).sum(axis=1), 0.0, atol=1e-5)
   assert np.all(got[4:8] == 0.0)
@@ -157,11 +157,11 @@ def test_group_advantages_match_numpy_loop_and_sum_to_zero_per_group(std, ddof, 
 def test_group_ids_give_the_same_advantages_as_group_size_and_are_permutation_equivariant():
   rng = np.random.default_rng(2)
   rewards = rng.integers(0, 3, 12).astype(np.float32)
-  by_size = np.asarray(grpo.group_advantages(rewards, group_size=3))
+  by_size = np.asarray(advantages.group_advantages(rewards, group_size=3))
   ids = np.arange(12) // 3
-  np.testing.assert_allclose(grpo.group_advantages(rewards, ids), by_size, atol=1e-6)
+  np.testing.assert_allclose(advantages.group_advantages(rewards, ids), by_size, atol=1e-6)
   perm = rng.permutation(12)
-  shuffled = np.asarray(grpo.group_advantages(rewards[perm], ids[perm] * 7 + 100))  # arbitrary id values
+  shuffled = np.asarray(advantages.group_advantages(rewards[perm], ids[perm] * 7 + 100))  # arbitrary id values
   np.testing.assert_allclose(shuffled, by_size[perm], atol=1e-6)
   np.testing.assert_allclose(shuffled, np_group_advantages(rewards[perm], ids[perm]), atol=1e-5)
 
@@ -169,26 +169,26 @@ def test_group_ids_give_the_same_advantages_as_group_size_and_are_permutation_eq
 def test_group_advantages_are_shift_invariant_and_scale_invariant_up_to_eps():
   rng = np.random.default_rng(3)
   rewards = rng.normal(size=8).astype(np.float32)
-  base = np.asarray(grpo.group_advantages(rewards, group_size=4))
-  np.testing.assert_allclose(grpo.group_advantages(rewards + 5.0, group_size=4), base, atol=1e-5)
-  np.testing.assert_allclose(grpo.group_advantages(rewards * 7.0, group_size=4), base, rtol=1e-4)
+  base = np.asarray(advantages.group_advantages(rewards, group_size=4))
+  np.testing.assert_allclose(advantages.group_advantages(rewards + 5.0, group_size=4), base, atol=1e-5)
+  np.testing.assert_allclose(advantages.group_advantages(rewards * 7.0, group_size=4), base, rtol=1e-4)
 
 
 def test_zero_variance_and_singleton_groups_give_exact_zero_never_nan():
   # 0.1 * 3 / 3 != 0.1 in float32 arithmetic: the constant test must be exact, not R - mean.
   rewards = np.full(6, 0.1, np.float32)
   for kwargs in (dict(std="unbiased", eps=1e-8), dict(std="population", eps=1e-8), dict(std=None)):
-    assert np.all(np.asarray(grpo.group_advantages(rewards, group_size=3, **kwargs)) == 0.0)
-  singletons = np.asarray(grpo.group_advantages([3.0, -1.0, 7.0], group_size=1))
+    assert np.all(np.asarray(advantages.group_advantages(rewards, group_size=3, **kwargs)) == 0.0)
+  singletons = np.asarray(advantages.group_advantages([3.0, -1.0, 7.0], group_size=1))
   assert np.all(singletons == 0.0)
-  assert np.all(np.asarray(grpo.rloo_advantages([3.0, -1.0], group_size=1)) == 0.0)
+  assert np.all(np.asarray(advantages.rloo_advantages([3.0, -1.0], group_size=1)) == 0.0)
 
 
 def test_invalid_rows_are_left_out_of_the_statistics_and_get_zero():
   rewards = np.array([1.0, np.nan, 0.0, 0.0, 2.0, 2.0, 5.0, 1.0], np.float32)
   valid = np.array([1, 0, 1, 1, 1, 1, 1, 1], bool)
   ids = np.arange(8) // 4
-  got = np.asarray(grpo.group_advantages(rewards, group_size=4, valid=valid))
+  got = np.asarray(advantages.group_advantages(rewards, group_size=4, valid=valid))
   assert np.all(np.isfinite(got)) and got[1] == 0.0
   np.testing.assert_allclose(got, np_group_advantages(np.nan_to_num(rewards), ids, valid=valid), atol=1e-6)
   np.testing.assert_allclose(got.reshape(2, 4).sum(1), 0.0, atol=1e-6)
@@ -202,13 +202,13 @@ def test_group_advantages_match_trl_verl_and_maxtext_formulas():
   trl = ((grouped - mean) / (grouped.std(1, ddof=1, keepdims=True) + 1e-4)).ravel()  # trl: torch.std + 1e-4
   verl = ((grouped - mean) / (grouped.std(1, ddof=1, keepdims=True) + 1e-6)).ravel()  # verl: torch.std + 1e-6
   maxtext = ((grouped - mean) / (grouped.std(1, keepdims=True) + 1e-8)).ravel()  # maxtext: jnp.std + 1e-8
-  np.testing.assert_allclose(grpo.group_advantages(rewards, group_size=4, eps=1e-4), trl, atol=1e-6)
-  np.testing.assert_allclose(grpo.group_advantages(rewards, group_size=4, eps=1e-6), verl, atol=1e-6)
-  np.testing.assert_allclose(grpo.group_advantages(rewards, group_size=4, std="population", eps=1e-8), maxtext,
+  np.testing.assert_allclose(advantages.group_advantages(rewards, group_size=4, eps=1e-4), trl, atol=1e-6)
+  np.testing.assert_allclose(advantages.group_advantages(rewards, group_size=4, eps=1e-6), verl, atol=1e-6)
+  np.testing.assert_allclose(advantages.group_advantages(rewards, group_size=4, std="population", eps=1e-8), maxtext,
                              atol=1e-6)
   # trl scale_rewards="batch": group mean, batch std.
   trl_batch = ((grouped - mean) / (rewards.astype(np.float64).std(ddof=1) + 1e-4)).ravel()
-  trl_batch_ours = grpo.group_advantages(rewards, group_size=4, eps=1e-4, scale="batch")
+  trl_batch_ours = advantages.group_advantages(rewards, group_size=4, eps=1e-4, scale="batch")
   np.testing.assert_allclose(trl_batch_ours, trl_batch, atol=1e-6)
 
 
@@ -216,7 +216,7 @@ def test_rloo_advantages_match_leave_one_out_loop_and_sum_to_zero():
   rng = np.random.default_rng(5)
   rewards = rng.normal(size=9).astype(np.float32)
   ids = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
-  got = np.asarray(grpo.rloo_advantages(rewards, ids))
+  got = np.asarray(advantages.rloo_advantages(rewards, ids))
   np.testing.assert_allclose(got, np_rloo(rewards, ids), atol=1e-5)
   for group in range(3):
     assert abs(got[ids == group].sum()) < 1e-5
@@ -224,11 +224,11 @@ def test_rloo_advantages_match_leave_one_out_loop_and_sum_to_zero():
 
 def test_dapo_keep_mask_keeps_groups_with_mixed_outcomes():
   rewards = [1, 1, 1, 0, 0, 0, 0, 1, 1]
-  np.testing.assert_array_equal(grpo.dapo_group_keep_mask(rewards, 3), [False, False, True])
+  np.testing.assert_array_equal(advantages.dapo_group_keep_mask(rewards, 3), [False, False, True])
 
 
 def test_soft_overlong_penalty_matches_spec_oracle():
-  got = grpo.soft_overlong_penalty([16384, 18432, 20480, 20481], max_len=20480, cache_len=4096)
+  got = advantages.soft_overlong_penalty([16384, 18432, 20480, 20481], max_len=20480, cache_len=4096)
   np.testing.assert_allclose(got, [0.0, -0.5, -1.0, -1.0], atol=1e-6)
 
 
@@ -553,8 +553,8 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
   with pytest.raises(ValueError, match="ref_logp"):
     grpo.grpo_loss(logp, logp, np.zeros(2), np.ones((2, 3)), config=grpo.GRPOConfig(beta=0.1))
   with pytest.raises(ValueError, match="group_size"):
-    grpo.group_advantages(np.zeros(6), group_size=4)
+    advantages.group_advantages(np.zeros(6), group_size=4)
   with pytest.raises(ValueError, match="group_ids"):
-    grpo.group_advantages(np.zeros(6), np.zeros(5, int))
+    advantages.group_advantages(np.zeros(6), np.zeros(5, int))
   with pytest.raises(ValueError, match="rewards"):
-    grpo.group_advantages(np.zeros((2, 3)), group_size=3)
+    advantages.group_advantages(np.zeros((2, 3)), group_size=3)
