@@ -2,6 +2,6 @@
 PDCR advantages (`pdcr`), VGS losses and gradient steering (`vgs`), verifiable and Argos-style rewards
 (`rewards`), and the post-training job (`trainer`, imported on demand: it pulls in the models)."""
 
-from jaxagents.rl import advantages, dyna_grpo, grpo, pdcr, rewards, vgs
+from jaxagents.rl import advantages, argos, dyna_grpo, grpo, pdcr, rewards, vgs
 
-__all__ = ["advantages", "dyna_grpo", "grpo", "pdcr", "rewards", "vgs"]
+__all__ = ["advantages", "argos", "dyna_grpo", "grpo", "pdcr", "rewards", "vgs"]

@@ -4,7 +4,7 @@ are worked out by hand or by plain loops here (spec §5, §8.2 `argos_reward`)."
 import numpy as np
 import pytest
 
-from jaxagents.rl import rewards
+from jaxagents.rl import argos, rewards
 
 
 @pytest.mark.parametrize(
@@ -124,15 +124,15 @@ def test_argos_reward_gates_the_other_scores_on_accuracy():
   scores = {"exact_match": 1.0, "box_iou": 0.5, "reasoning": 0.9, "point_in_box": None}
   selected = ["exact_match", "box_iou", "reasoning", "point_in_box"]
   # Gate open: 1 + (2 * 0.5 + 1 * 0.9) / (2 + 1); the abstaining scorer is dropped, not scored 0.
-  got = rewards.argos_reward(scores, selected, "exact_match", 0.5, {"box_iou": 2.0, "point_in_box": 5.0})
+  got = argos.argos_reward(scores, selected, "exact_match", 0.5, {"box_iou": 2.0, "point_in_box": 5.0})
   assert got == pytest.approx(1.0 + (2 * 0.5 + 0.9) / 3)
-  assert rewards.argos_reward({**scores, "exact_match": 0.0}, selected, "exact_match", 0.5) == 0.0
+  assert argos.argos_reward({**scores, "exact_match": 0.0}, selected, "exact_match", 0.5) == 0.0
   at_gate = {"relative_accuracy": 0.5, "box_iou": 1.0}
-  assert rewards.argos_reward(at_gate, list(at_gate), "relative_accuracy", 0.5) == pytest.approx(1.5)  # >= opens
+  assert argos.argos_reward(at_gate, list(at_gate), "relative_accuracy", 0.5) == pytest.approx(1.5)  # >= opens
   by_flags = {"exact_match": True, "box_iou": True, "reasoning": False}
-  assert rewards.argos_reward(scores, by_flags, "exact_match", 0.5) == pytest.approx(1.5)
+  assert argos.argos_reward(scores, by_flags, "exact_match", 0.5) == pytest.approx(1.5)
   with pytest.raises(ValueError, match="accuracy_key"):
-    rewards.argos_reward({"box_iou": 1.0}, ["box_iou"], "exact_match", 0.5)
+    argos.argos_reward({"box_iou": 1.0}, ["box_iou"], "exact_match", 0.5)
 
 
 def test_argos_verifier_selects_scorers_from_the_sample_and_gates_the_judge():
@@ -142,7 +142,7 @@ def test_argos_verifier_selects_scorers_from_the_sample_and_gates_the_judge():
     calls.append(response)
     return 0.8
 
-  verifier = rewards.ArgosVerifier(gate_threshold=0.5, judge=judge)
+  verifier = argos.ArgosVerifier(gate_threshold=0.5, judge=judge)
   sample = {"answer": "cat", "box": [0, 0, 2, 2]}
   right = verifier.score("It is at [1, 1, 3, 3]. <answer>cat</answer>", sample)
   assert right.accuracy_key == "exact_match" and right.selected == ("exact_match", "box_iou", "reasoning")
@@ -162,13 +162,13 @@ def test_a_failing_or_abstaining_judge_is_dropped_not_scored_zero():
     raise RuntimeError("judge unavailable")
 
   for judge in (failing, lambda response, sample: None):
-    result = rewards.ArgosVerifier(judge=judge).score("[0, 0, 2, 2] <answer>cat</answer>",
+    result = argos.ArgosVerifier(judge=judge).score("[0, 0, 2, 2] <answer>cat</answer>",
                                                       {"answer": "cat", "box": [0, 0, 2, 2]})
     assert result.dropped == ("reasoning",) and result.reward == pytest.approx(2.0)
 
 
 def test_bad_samples_raise_value_errors_naming_the_field():
-  verifier = rewards.ArgosVerifier()
+  verifier = argos.ArgosVerifier()
   with pytest.raises(ValueError, match="sample"):
     verifier.score("x", {"question": "?"})
   with pytest.raises(ValueError, match="answer_type"):
@@ -178,4 +178,4 @@ def test_bad_samples_raise_value_errors_naming_the_field():
   with pytest.raises(ValueError, match="mask"):
     rewards.points_in_mask([[0, 0]], np.zeros(3))
   with pytest.raises(ValueError, match="number_scorer"):
-    rewards.ArgosVerifier(number_scorer="exact")
+    argos.ArgosVerifier(number_scorer="exact")
