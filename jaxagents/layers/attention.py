@@ -6,6 +6,15 @@ position-based causal masking, segment (packing) masks and key padding -- one fu
   * 'cudnn' -- `jax.nn.dot_product_attention(implementation='cudnn')` (GPU only, bf16/fp16).
   * 'auto'  -- 'cudnn' on a GPU for bf16/fp16 inputs with no mask that cuDNN cannot express natively,
                else 'xla'.
+  * 'sparse' -- MMInference sparse attention (arXiv 2504.16083; ../shared/specs/mminference_pallas.md §5.3),
+               `jaxagents.sparse.mminference_attention` under `sparse_config` (one layer's head entries and
+               block sizes) with `modality_ids`. Causal self-attention prefill only (S == T, default
+               positions); of the masks it honours `kv_mask` and `kv_lengths` (padding keys), nothing else.
+               S is padded at the front to a multiple of the block sizes with masked keys. Its output is
+               dense attention under the layout's token mask (and the masks above); padding query rows are
+               finite (zeros when no real key precedes them). Inputs shorter than the config's length-bound
+               parameters (`sparse_min_length`: last_q, v_size, s_size, strides) run the dense 'auto'
+               backend, as MInference runs short prompts dense. Never chosen by 'auto'.
 
 Masking semantics (shared by all backends): key t is visible to query s iff every given condition holds:
   * causal:   kv_positions[t] <= q_positions[s]. Default positions are `arange`, with the queries aligned to
@@ -19,18 +28,25 @@ query row with no visible key outputs zeros (never NaN). Probabilities are cast 
 with V, as HF's eager attention does.
 """
 
+from __future__ import annotations
+
+import functools
+import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+if TYPE_CHECKING:
+  from jaxagents.sparse.config import SparseAttentionConfig
+
 Dtype = Any
 
 # A backend takes (q, k, v) and, as keywords, exactly the masking arguments of `attention` plus `scale` (a
-# float, already resolved) and `softmax_dtype`; inputs arrive validated. A Pallas backend registers itself
-# with `ATTENTION_BACKENDS['sparse'] = fn` at import time.
+# float, already resolved) and `softmax_dtype`; inputs arrive validated. 'sparse' also takes `sparse_config`
+# and `modality_ids`.
 AttentionBackend = Callable[..., jax.Array]
 ATTENTION_BACKENDS: dict[str, AttentionBackend] = {}
 
@@ -222,8 +238,94 @@ def _attention_cudnn(q, k, v, *, causal, scale, softmax_dtype, **mask_kwargs) ->
   return out
 
 
+def _validate_sparse(q, k, *, causal, sparse_config, modality_ids, mask_kwargs) -> None:
+  from jaxagents.sparse.config import SparseAttentionConfig  # lazy: pulls in the Pallas kernels
+
+  if not isinstance(sparse_config, SparseAttentionConfig):
+    raise _shape_error("sparse_config", "a one-layer SparseAttentionConfig for backend='sparse'", sparse_config)
+  if sparse_config.num_layers != 1 or sparse_config.num_heads != q.shape[2]:
+    raise _shape_error(
+      "sparse_config",
+      f"one layer of Hq={q.shape[2]} head entries",
+      f"{sparse_config.num_layers} layers x {sparse_config.num_heads} heads",
+    )
+  if not causal:
+    raise _shape_error("causal", "True for backend='sparse' (causal prefill only)", causal)
+  if q.shape[1] != k.shape[1]:
+    raise _shape_error("k", f"length S={q.shape[1]} like q for backend='sparse' (self-attention prefill)", k.shape)
+  for name in ("q_segment_ids", "kv_segment_ids", "mask", "q_positions", "kv_positions"):
+    if mask_kwargs[name] is not None:
+      raise _shape_error(name, "None for backend='sparse' (it honours only kv_mask and kv_lengths)", "an array")
+  if modality_ids is not None and (
+    jnp.shape(modality_ids) != q.shape[:2] or not jnp.issubdtype(jnp.asarray(modality_ids).dtype, jnp.integer)
+  ):
+    raise _shape_error("modality_ids", f"int of shape [B, S] = {q.shape[:2]}", jnp.shape(modality_ids))
+
+
+@functools.cache
+def sparse_min_length(sparse_config: SparseAttentionConfig) -> int:
+  """The shortest (block-padded) length every head entry of `sparse_config` is valid for: its estimates need
+  last_q <= S, and v_size <= S, s_size <= 2 S - 1, strides <= S (defaults filled in by the pattern table)."""
+  from jaxagents.sparse.patterns import check_pattern  # lazy: pulls in the Pallas kernels
+
+  unbounded = 2**30
+  need = 1
+  for layer in range(sparse_config.num_layers):
+    for entry in sparse_config.layer_heads(layer):
+      subs = [entry, *(entry.get("per_modality") or {}).values()]
+      for sub in subs:
+        params = check_pattern("attention: `sparse_config`", sub["pattern"], sub.get("params"), unbounded)
+        need = max(need, params.get("last_q", 1), params.get("v_size", 1), (params.get("s_size", 0) + 2) // 2,
+                   *params.get("strides", (1,)))
+  return need
+
+
+def _attention_sparse(
+  q, k, v, *, causal, scale, softmax_dtype, sparse_config: SparseAttentionConfig, modality_ids, **mask_kwargs
+) -> jax.Array:
+  """`mminference_attention` with padding keys as `kv_mask` and S front-padded to a multiple of the blocks.
+
+  The kernels compute the softmax in float32 whatever `softmax_dtype` says.
+  """
+  from jaxagents.sparse.dispatch import mminference_attention  # lazy: pulls in the Pallas kernels
+
+  batch, seq_len = q.shape[:2]
+  block = math.lcm(sparse_config.block_q, sparse_config.block_kv)
+  pad = -seq_len % block
+  if seq_len + pad < sparse_min_length(sparse_config):
+    dense = _auto_backend(q, k, v, causal=causal, mask_kwargs=mask_kwargs)
+    return ATTENTION_BACKENDS[dense](q, k, v, causal=causal, scale=scale, softmax_dtype=softmax_dtype, **mask_kwargs)
+  kv_mask, kv_lengths = mask_kwargs["kv_mask"], mask_kwargs["kv_lengths"]
+  if kv_lengths is not None:
+    by_length = jnp.arange(seq_len)[None, :] < kv_lengths[:, None]
+    kv_mask = by_length if kv_mask is None else kv_mask & by_length
+  if modality_ids is None:
+    modality_ids = jnp.zeros((batch, seq_len), jnp.int32)
+  # Front padding keeps the real tokens at the end, where the last-queries estimates look.
+  if pad:
+    q, k, v = (jnp.pad(x, ((0, 0), (pad, 0), (0, 0), (0, 0))) for x in (q, k, v))
+    kv_mask = jnp.ones((batch, seq_len), bool) if kv_mask is None else kv_mask
+    kv_mask = jnp.pad(kv_mask, ((0, 0), (pad, 0)), constant_values=False)
+    modality_ids = jnp.pad(jnp.asarray(modality_ids), ((0, 0), (pad, 0)))
+  out = mminference_attention(
+    q,
+    k,
+    v,
+    sparse_config.layer_heads(0),
+    jnp.asarray(modality_ids, jnp.int32),
+    num_modalities=sparse_config.num_modalities,
+    block_q=sparse_config.block_q,
+    block_kv=sparse_config.block_kv,
+    causal=True,
+    sm_scale=scale,
+    kv_mask=kv_mask,
+  )
+  return out[:, pad:]
+
+
 ATTENTION_BACKENDS["xla"] = _attention_xla
 ATTENTION_BACKENDS["cudnn"] = _attention_cudnn
+ATTENTION_BACKENDS["sparse"] = _attention_sparse
 
 
 def _auto_backend(q, k, v, *, causal, mask_kwargs) -> str:
@@ -259,6 +361,8 @@ def attention(
   scale: float | None = None,
   backend: str = "xla",
   softmax_dtype: Dtype = jnp.float32,
+  sparse_config: SparseAttentionConfig | None = None,
+  modality_ids: jax.Array | None = None,
 ) -> jax.Array:
   """softmax(q k^T * scale + mask) v, see the module docstring for the masking rules.
 
@@ -275,8 +379,11 @@ def attention(
     q_positions, kv_positions: [S] or [B, S] / [T] or [B, T] int positions, used by `causal` (ignored
       otherwise).
     scale: score scale; default 1 / sqrt(D).
-    backend: 'xla', 'cudnn', 'auto', or any name registered in `ATTENTION_BACKENDS`.
+    backend: 'xla', 'cudnn', 'auto', 'sparse', or any name registered in `ATTENTION_BACKENDS`.
     softmax_dtype: dtype of scores and softmax.
+    sparse_config: backend='sparse' only: a one-layer `jaxagents.sparse.SparseAttentionConfig` with Hq head
+      entries (e.g. `dataclasses.replace(config, layers=(config.layers[l],))`).
+    modality_ids: backend='sparse' only: [B, S] int modality of each token (0 text, 1 vision); default all 0.
   Returns:
     [B, S, Hq, Dv] in v.dtype.
   """
@@ -291,6 +398,16 @@ def attention(
       f"attention: `backend` must be one of {sorted([*ATTENTION_BACKENDS, 'auto'])}, got {backend!r}"
     )
   scale = float(1.0 / np.sqrt(q.shape[-1])) if scale is None else scale
+  if backend == "sparse":
+    _validate_sparse(q, k, causal=causal, sparse_config=sparse_config, modality_ids=modality_ids,
+                     mask_kwargs=mask_kwargs)
+    return ATTENTION_BACKENDS[backend](
+      q, k, v, causal=causal, scale=scale, softmax_dtype=softmax_dtype, sparse_config=sparse_config,
+      modality_ids=modality_ids, **mask_kwargs
+    )
+  for name, value in (("sparse_config", sparse_config), ("modality_ids", modality_ids)):
+    if value is not None:
+      raise _shape_error(name, f"None unless backend='sparse' (backend={backend!r})", type(value).__name__)
   return ATTENTION_BACKENDS[backend](
     q, k, v, causal=causal, scale=scale, softmax_dtype=softmax_dtype, **mask_kwargs
   )

@@ -35,7 +35,8 @@ class TransformerBlock(nn.Module):
     activation: MLP activation name (see `mlp.ACTIVATIONS`).
     gated_mlp: `GatedMLP` (SwiGLU when activation='silu') instead of the two-layer `MLP`.
     mlp_bias: biases in the MLP projections.
-    qkv_bias, out_bias, qk_norm, rope_style, rope_compute_dtype, backend: passed to `SelfAttention`.
+    qkv_bias, out_bias, qk_norm, rope_style, rope_compute_dtype, backend, sparse_configs: passed to
+      `SelfAttention` (a call with `modality_ids` runs sparse attention, see there).
     norm_eps: eps of every norm in the block.
     dtype / param_dtype: compute and storage dtypes.
   Submodules 'attn_norm', 'attn', 'mlp_norm', 'mlp'.
@@ -56,6 +57,7 @@ class TransformerBlock(nn.Module):
   rope_compute_dtype: Dtype | None = None
   norm_eps: float = 1e-6
   backend: str = "xla"
+  sparse_configs: tuple = ()
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
@@ -85,6 +87,7 @@ class TransformerBlock(nn.Module):
       rope_style=self.rope_style,
       rope_compute_dtype=self.rope_compute_dtype,
       backend=self.backend,
+      sparse_configs=self.sparse_configs,
       name="attn",
       **kw,
     )(h, angles, cache=cache, cache_index=cache_index, **mask_kwargs)

@@ -20,9 +20,11 @@ import tempfile
 from collections.abc import Sequence
 
 FORMAT = "jaxagents.sparse/1"
+_KEYS = ("model", "calib_hash", "jax_version", "block", "num_modalities", "min_recall", "layers")
 
 
-def _canonical(entry: dict) -> str:
+def canonical_entry(entry: dict) -> str:
+  """A head entry as canonical JSON (sorted keys, no spaces): equal entries give equal strings."""
   return json.dumps(entry, sort_keys=True, separators=(",", ":"))
 
 
@@ -66,7 +68,7 @@ class SparseAttentionConfig:
       for h, entry in enumerate(heads):
         if not isinstance(entry, dict) or "pattern" not in entry:
           raise ValueError(f"SparseAttentionConfig: layer {li} head {h} must be a dict with a 'pattern', got {entry!r}")
-    return cls(tuple(tuple(_canonical(entry) for entry in heads) for heads in layers), **fields)
+    return cls(tuple(tuple(canonical_entry(entry) for entry in heads) for heads in layers), **fields)
 
   @classmethod
   def uniform(cls, entry: dict, num_layers: int, num_heads: int, **fields) -> SparseAttentionConfig:
@@ -98,13 +100,22 @@ class SparseAttentionConfig:
       found = data.get("format") if isinstance(data, dict) else type(data).__name__
       raise ValueError(f"SparseAttentionConfig: `format` must be {FORMAT!r}, got {found!r} (MInference's list format "
                        "is read by `jaxagents.sparse.minference_format`)")
+    missing = [key for key in _KEYS if key not in data]
+    if missing:
+      raise ValueError(f"SparseAttentionConfig: keys {missing} are missing (a {FORMAT} file has {list(_KEYS)})")
+    block = data["block"]
+    if not isinstance(block, list | tuple) or len(block) != 2:
+      raise ValueError(f"SparseAttentionConfig: `block` must be [block_q, block_kv], got {block!r}")
+    if not isinstance(data["layers"], list):
+      raise ValueError(f"SparseAttentionConfig: `layers` must be a list of per-layer dicts, got "
+                       f"{type(data['layers']).__name__}")
     layers = []
     for li, layer in enumerate(data["layers"]):
-      if not isinstance(layer, dict) or sorted(layer, key=int) != [str(h) for h in range(len(layer))]:
+      if not isinstance(layer, dict) or set(layer) != {str(h) for h in range(len(layer))}:
         raise ValueError(f"SparseAttentionConfig: layer {li} must map head indices '0'..'H-1' to entries, got keys "
                          f"{sorted(layer) if isinstance(layer, dict) else type(layer).__name__}")
       layers.append([layer[str(h)] for h in range(len(layer))])
-    block_q, block_kv = data["block"]
+    block_q, block_kv = block
     return cls.from_layers(layers, block_q=block_q, block_kv=block_kv, num_modalities=data["num_modalities"],
                            model=data["model"], calib_hash=data["calib_hash"], jax_version=data["jax_version"],
                            min_recall=data["min_recall"])

@@ -12,6 +12,11 @@ permutation (`modality.py`), with optional `per_modality` overrides; `score` (th
 ignored. Heads with equal configs form a group; each group gets its layouts (and permutation) built, then one
 `block_sparse_attention` call (unpermuted heads) or `permuted_sparse_attention` call (grid and boundary heads),
 and the groups' outputs are concatenated back in head order. Prefill only: S == T.
+
+Padding keys (`kv_mask` False, e.g. left padding in a batch) are masked through the kernels' causal positions:
+such a key gets position T, later than every query, so no query sees it and a query that sees nothing else (a
+left-padding row) outputs zeros. The layout builders see padding tokens' q and k as zeros, so neither the layouts
+nor the outputs at real tokens depend on what the padding holds.
 """
 
 import dataclasses
@@ -170,6 +175,7 @@ def mminference_attention(
   backend: str | Sequence[str] = "auto",
   interpret=False,
   return_plan: bool = False,
+  kv_mask: jax.Array | None = None,
 ):
   """MMInference sparse attention with a pattern per query head; jitted once per shapes and `head_config`.
 
@@ -183,6 +189,7 @@ def mminference_attention(
     sm_scale: default 1 / sqrt(D), for the estimates and the attention.
     backend, interpret: passed to `block_sparse_attention` ('auto' runs the XLA reference on CPU).
     return_plan: also return the list of `HeadGroup`s (heads, config, permutation, layout).
+    kv_mask: bool [B, T], False at padding keys (module docstring); needs `causal`.
   Returns:
     out [B, S, Hq, D] in q.dtype; with return_plan, (out, [HeadGroup, ...]).
   """
@@ -200,12 +207,22 @@ def mminference_attention(
     groups.setdefault(parse_head_config(entry, seq_len, head), []).append(head)
   if modality_ids is None and any(spec.boundary != "none" for spec in groups):
     raise ValueError("mminference_attention: boundary 'q'/'2d' heads need `modality_ids` [B, S], got None")
+  if kv_mask is not None:
+    kv_mask = jnp.asarray(kv_mask)
+    if kv_mask.shape != (q.shape[0], k.shape[1]) or kv_mask.dtype != jnp.bool_:
+      raise ValueError(
+        f"mminference_attention: `kv_mask` must be bool [B, T] = {(q.shape[0], k.shape[1])}, "
+        f"got {kv_mask.dtype}{tuple(kv_mask.shape)}"
+      )
+    if not causal:
+      raise ValueError("mminference_attention: `kv_mask` is applied through causal positions and needs causal=True")
   backend = backend if isinstance(backend, str) else tuple(backend)
   out, plan = _dispatch(
     q,
     k,
     v,
     modality_ids,
+    kv_mask,
     tuple((spec, tuple(heads)) for spec, heads in groups.items()),
     num_modalities,
     block_q,
@@ -219,17 +236,27 @@ def mminference_attention(
 
 
 # One compile per (shapes, head configs): the builders, gathers and kernels of all groups fuse into one program.
-@functools.partial(jax.jit, static_argnums=tuple(range(4, 12)))
-def _dispatch(q, k, v, modality_ids, groups, num_modalities, block_q, block_kv, causal, sm_scale, backend, interpret):
+@functools.partial(jax.jit, static_argnums=tuple(range(5, 13)))
+def _dispatch(
+  q, k, v, modality_ids, kv_mask, groups, num_modalities, block_q, block_kv, causal, sm_scale, backend, interpret
+):
   group_size = q.shape[2] // k.shape[2]
+  (batch, q_len), kv_len = q.shape[:2], k.shape[1]
+  positions, q_est, k_est = {}, q, k
+  if kv_mask is not None:
+    # Padding keys sit after every query (position T), so causality hides them (module docstring).
+    q_positions = jnp.broadcast_to(jnp.arange(q_len, dtype=jnp.int32), (batch, q_len))
+    kv_positions = jnp.where(kv_mask, jnp.arange(kv_len, dtype=jnp.int32), kv_len)
+    positions = {"q_positions": q_positions, "kv_positions": kv_positions}
+    q_est, k_est = (jnp.where(kv_mask[:, :, None, None], x, 0) for x in (q, k))  # S == T: one mask for both
   outs, plan = [], []
   for spec, heads in groups:
     q_heads = np.array(heads)
     kv_heads = q_heads // group_size
     q_g, k_g, v_g = q[:, :, q_heads], k[:, :, kv_heads], v[:, :, kv_heads]
     perm, layout = build_head_layout(
-      q_g,
-      k_g,
+      q_est[:, :, q_heads],
+      k_est[:, :, kv_heads],
       spec,
       modality_ids,
       num_modalities=num_modalities,
@@ -238,7 +265,7 @@ def _dispatch(q, k, v, modality_ids, groups, num_modalities, block_q, block_kv, 
       causal=causal,
       sm_scale=sm_scale,
     )
-    kernel_args = {"causal": causal, "sm_scale": sm_scale, "backend": backend, "interpret": interpret}
+    kernel_args = {"causal": causal, "sm_scale": sm_scale, "backend": backend, "interpret": interpret, **positions}
     if perm is None:
       outs.append(block_sparse_attention(q_g, k_g, v_g, layout, **kernel_args))
     else:

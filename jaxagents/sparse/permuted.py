@@ -6,6 +6,10 @@
 Each (batch, query head) has its own permutation, and the kernel takes one position vector per batch row, so
 heads are folded into the batch: [B, S, H, D] -> [B * H, S, 1, D], with K/V gathered per query head (GQA K/V
 are repeated; v1 trades that memory for simplicity, spec §2.4 measured the gather at 2.1 ms at 128k).
+
+Optional `q_positions` / `kv_positions` give the tokens' causal positions in the original order (default
+arange, i.e. the permutation itself); they are gathered through the permutation too. `mminference_attention`
+uses them to push padding keys past every query.
 """
 
 from collections.abc import Sequence
@@ -28,6 +32,8 @@ def permuted_sparse_attention(
   sm_scale: float | None = None,
   backend: str | Sequence[str] = "auto",
   interpret=False,
+  q_positions: jax.Array | None = None,
+  kv_positions: jax.Array | None = None,
 ) -> jax.Array:
   """Attention of permuted tokens under `layout`, returned in the original token order.
 
@@ -36,6 +42,8 @@ def permuted_sparse_attention(
     perm: Permutation with q_perm [B, Hq, S], kv_perm [B, Hq, T].
     layout: BlockLayout [B, Hq, S / block_q, MAXN] over the permuted tokens.
     causal, sm_scale, backend, interpret: as in `block_sparse_attention`; causality uses original positions.
+    q_positions, kv_positions: int [S] or [B, S] / [T] or [B, T] causal positions in the original order
+      (default: arange).
   Returns:
     [B, S, Hq, D] in q.dtype.
   """
@@ -58,6 +66,23 @@ def permuted_sparse_attention(
       f"permuted_sparse_attention: `layout` must have one row per query head, [B, Hq] = {(batch, heads)}, "
       f"got {tuple(layout.kv_blocks.shape[:2])}"
     )
+  q_positions = None if q_positions is None else jnp.asarray(q_positions)
+  kv_positions = None if kv_positions is None else jnp.asarray(kv_positions)
+  for name, positions, length in (("q_positions", q_positions, q_len), ("kv_positions", kv_positions, kv_len)):
+    if positions is not None and (
+      positions.shape not in ((length,), (batch, length)) or not jnp.issubdtype(positions.dtype, jnp.integer)
+    ):
+      raise ValueError(
+        f"permuted_sparse_attention: `{name}` must be int [{length}] or [B, {length}] with B={batch}, "
+        f"got {positions.dtype}{tuple(positions.shape)}"
+      )
+
+  def permuted_positions(positions, perm_slots):  # [B, H, N] original positions of the permuted slots
+    if positions is None:
+      return perm_slots
+    positions = jnp.broadcast_to(jnp.asarray(positions, jnp.int32), (batch, perm_slots.shape[-1]))
+    return jnp.take_along_axis(positions[:, None, :], perm_slots, axis=-1)
+
   groups = heads // k.shape[2]
   k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
   fold = lambda x: jnp.swapaxes(x, 1, 2).reshape(batch * heads, x.shape[1], 1, head_dim)  # noqa: E731
@@ -73,8 +98,8 @@ def permuted_sparse_attention(
     fold(gather_tokens(v, perm.kv_perm)),
     folded_layout,
     causal=causal,
-    q_positions=perm.q_perm.reshape(batch * heads, q_len),
-    kv_positions=perm.kv_perm.reshape(batch * heads, kv_len),
+    q_positions=permuted_positions(q_positions, perm.q_perm).reshape(batch * heads, q_len),
+    kv_positions=permuted_positions(kv_positions, perm.kv_perm).reshape(batch * heads, kv_len),
     sm_scale=sm_scale,
     backend=backend,
     interpret=interpret,

@@ -6,11 +6,13 @@ videos, as transformers' `masked_scatter` does, §1.3), and runs the decoder wit
 host (`positions.rope_index`). Qwen3-VL's DeepStack features go to the same placeholders after the first
 decoder layers. With a `KVCache` the same call is the prefill (L prompt tokens at slot 0, vision inputs given)
 or a decode step (new tokens at slot `cache_index`, no vision inputs): one graph for rollout and training.
+With a `sparse_config` the prefill's decoder attention is MMInference sparse attention (arXiv 2504.16083), with
+modality ids read from the placeholders (`sparse_prefill.modality_ids`); decode steps stay dense (`text.py`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -19,9 +21,13 @@ import jax.numpy as jnp
 from jaxagents import layers
 from jaxagents.layers.kv_cache import KVCache
 from jaxagents.models.qwen_vl.config import QwenVLConfig
+from jaxagents.models.qwen_vl.sparse_prefill import modality_ids
 from jaxagents.models.qwen_vl.text import TextDecoder
 from jaxagents.models.qwen_vl.vision import VisionTower
 from jaxagents.models.qwen_vl.vision_layout import VisionInputs
+
+if TYPE_CHECKING:
+  from jaxagents.sparse.config import SparseAttentionConfig
 
 Dtype = Any
 
@@ -57,18 +63,22 @@ class QwenVL(nn.Module):
   Attributes:
     config: `QwenVLConfig`.
     dtype: compute dtype (params stay float32 unless initialised/loaded otherwise); None keeps param dtypes.
-    backend: attention backend of every layer ('xla', 'cudnn', 'auto', ...).
+    backend: attention backend of every dense attention ('xla', 'cudnn', 'auto', ...).
     remat: rematerialisation policy of the scanned blocks ('none', 'full', 'dots').
+    sparse_config: `SparseAttentionConfig` (text num_layers x num_heads entries) for a sparse decoder prefill,
+      or None (dense everywhere).
   """
 
   config: QwenVLConfig
   dtype: Dtype | None = None
   backend: str = "xla"
   remat: str = "none"
+  sparse_config: SparseAttentionConfig | None = None
 
   def setup(self):
     c = self.config
-    self.text = TextDecoder(c.text, dtype=self.dtype, backend=self.backend, remat=self.remat)
+    self.text = TextDecoder(c.text, dtype=self.dtype, backend=self.backend, remat=self.remat,
+                            sparse_config=self.sparse_config)
     self.visual = VisionTower(c.vision, dtype=self.dtype, backend=self.backend, remat=self.remat)
     if not c.tie_word_embeddings:
       self.lm_head = layers.Dense(c.text.vocab_size, axes=("embed", "vocab"), dtype=self.dtype)
@@ -121,8 +131,9 @@ class QwenVL(nn.Module):
           for f in deepstack_features
         ])
     key_mask = attention_mask.astype(bool) if cache is None else kv_mask.astype(bool)
+    modalities = None if self.sparse_config is None else modality_ids(input_ids, c)
     hidden, cache = self.text(embeds, positions, key_mask, cache=cache, cache_index=cache_index,
-                              deepstack=deepstack)
+                              deepstack=deepstack, modality_ids=modalities)
     logits = self.text.attend(hidden) if c.tie_word_embeddings else self.lm_head(hidden)
     logits = logits.astype(jnp.float32)
     return (logits, cache, hidden) if return_hidden else (logits, cache)
