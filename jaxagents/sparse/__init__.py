@@ -9,15 +9,20 @@ the block-sparse kernels of `kernels_pallas.block_sparse`.
 Files: `layouts.py` (coordinates, causal/diagonal blocks, scores -> BlockLayout, `compose`), `permutation.py`,
 `estimate.py` (last-queries estimate), one file per pattern (`a_shape.py`, `vertical_slash.py`, `block_topk.py`,
 `grid.py` [R]), `modality.py` (Q-/2D-boundary permutations and sub-layouts [R]), `patterns.py` (the pattern
-table), `permuted.py` (attention over permuted tokens), `dispatch.py` (per-head dispatcher). [R] marks
-reconstructions: MMInference's code is not public.
+table), `permuted.py` (attention over permuted tokens), `dispatch.py` (per-head dispatcher), `config.py` (a
+model's versioned per-layer/per-head JSON config), `minference_format.py` (MInference's published list format),
+`search.py` (the offline per-head search, `python -m jaxagents.sparse.search`). A model runs a config through
+`attention(..., backend="sparse", sparse_config=...)`, e.g. `QwenVL(config, sparse_config=...)` for its prefill.
+[R] marks reconstructions: MMInference's code is not public.
 """
 
 from jaxagents.sparse.a_shape import a_shape
 from jaxagents.sparse.block_topk import block_topk
+from jaxagents.sparse.config import SparseAttentionConfig
 from jaxagents.sparse.dispatch import HeadGroup, HeadSpec, build_head_layout, mminference_attention, parse_head_config
 from jaxagents.sparse.grid import grid, grid_permutation, grid_search
 from jaxagents.sparse.layouts import compose
+from jaxagents.sparse.minference_format import load_minference, save_minference
 from jaxagents.sparse.modality import boundary_layout, modality_permutation
 from jaxagents.sparse.patterns import PATTERNS
 from jaxagents.sparse.permutation import Permutation, make_permutation
@@ -29,6 +34,7 @@ __all__ = [
   "HeadGroup",
   "HeadSpec",
   "Permutation",
+  "SparseAttentionConfig",
   "a_shape",
   "block_topk",
   "boundary_layout",
@@ -37,10 +43,12 @@ __all__ = [
   "grid",
   "grid_permutation",
   "grid_search",
+  "load_minference",
   "make_permutation",
   "mminference_attention",
   "modality_permutation",
   "parse_head_config",
   "permuted_sparse_attention",
+  "save_minference",
   "vertical_slash",
 ]
