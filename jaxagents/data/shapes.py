@@ -2,8 +2,16 @@
 
 Each example is an RGB image of a `grid x grid` board of cells (one ViT patch each). Some cells hold a coloured
 shape (a filled square, a disc or a cross, in one of `colors`); the prompt asks how many shapes of one colour the
-board holds, and the answer is that count as one digit followed by end-of-sequence. The reward is exact match on
-the parsed number (`jaxagents.rl.rewards.numeric_match`), so it is verifiable without a judge.
+board holds. The completion has one of two formats (`ShapesConfig.format`):
+
+* "answer": the count as one digit, then end-of-sequence (`3 <eos>`).
+* "rows": a multi-step answer for process rewards (PDCR/PACR, spec rl_algorithms.md §3): the count of the asked
+  colour in each board row, top to bottom, each step closed by the delimiter `;`, then `=` and the total
+  (`1 ; 0 ; 2 ; 0 ; = 3 <eos>`). The row counts are perception steps (they need the image); the total is
+  reasoning (the sum of the steps). `answer_template_ids` is the ground-truth answer `= Y <eos>` that PDCR appends
+  after the first k steps to measure its confidence c_k [R: the spec leaves the template to the task].
+
+The reward is exact match of the parsed answer (`parse_answer`) with the count, so it is verifiable without a judge.
 
 Examples are a pure function of (seed, index): a run that resumes at step k sees exactly the prompts it would have
 seen, and held-out prompts come from another seed. The text side uses a word-level vocabulary with Qwen-VL's
@@ -20,11 +28,17 @@ import numpy as np
 SPECIALS = ("<pad>", "<eos>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 WORDS = ("how", "many", "shapes", "?", "red", "green", "blue", "yellow")
 DIGITS = tuple(str(d) for d in range(10))
-VOCAB = SPECIALS + WORDS + DIGITS
+STEP_WORDS = (";", "=")  # the "rows" format's step delimiter and answer marker
+# New tokens go at the end so the ids of the "answer" format never move; its model keeps the first
+# `ANSWER_VOCAB_SIZE` ids only, so its parameters (and the GRPO job) are exactly what they were before "rows" existed.
+VOCAB = SPECIALS + WORDS + DIGITS + STEP_WORDS
+ANSWER_VOCAB_SIZE = len(SPECIALS + WORDS + DIGITS)
+FORMATS = ("answer", "rows")
 TOKEN_ID = {token: i for i, token in enumerate(VOCAB)}
 PAD, EOS = TOKEN_ID["<pad>"], TOKEN_ID["<eos>"]
 VISION_START, VISION_END = TOKEN_ID["<|vision_start|>"], TOKEN_ID["<|vision_end|>"]
 IMAGE_PAD, VIDEO_PAD = TOKEN_ID["<|image_pad|>"], TOKEN_ID["<|video_pad|>"]
+STEP, EQUALS = TOKEN_ID[";"], TOKEN_ID["="]
 NEVER_GENERATED = (PAD, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)  # a sampler's `suppress_ids`
 RGB = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 220), "yellow": (230, 200, 40)}
 
@@ -37,6 +51,7 @@ class ShapesConfig:
     colors: colours that appear (prompts ask about one of them).
     max_count: at most this many shapes of each colour (answers are 0..max_count).
     fill: probability that a cell holds a shape at all (before the per-colour cap).
+    format: the completion format, "answer" (one digit) or "rows" (per-row counts, then the total).
   """
 
   grid: int = 4
@@ -44,6 +59,7 @@ class ShapesConfig:
   colors: tuple[str, ...] = ("red", "green", "blue")
   max_count: int = 4
   fill: float = 0.5
+  format: str = "answer"
 
   def __post_init__(self):
     unknown = [c for c in self.colors if c not in RGB]
@@ -51,10 +67,22 @@ class ShapesConfig:
       raise ValueError(f"colors: {unknown} are not in the vocabulary; choose from {sorted(RGB)}")
     if not 0 <= self.max_count <= 9:
       raise ValueError(f"max_count: answers are one digit, so it must be in [0, 9], got {self.max_count}")
+    if self.format not in FORMATS:
+      raise ValueError(f"format: expected one of {FORMATS}, got {self.format!r}")
 
   @property
   def image_size(self) -> int:
     return self.grid * self.cell
+
+  @property
+  def vocab_size(self) -> int:
+    """The model's vocabulary: the "answer" format never uses the step tokens, so its model does not have them."""
+    return len(VOCAB) if self.format == "rows" else ANSWER_VOCAB_SIZE
+
+  @property
+  def completion_length(self) -> int:
+    """Tokens in a well-formed completion (EOS included): 2 for "answer", 2 * grid + 3 for "rows"."""
+    return 2 * self.grid + 3 if self.format == "rows" else 2
 
 
 def _draw(canvas: np.ndarray, row: int, col: int, cell: int, shape: int, color: tuple[int, int, int]) -> None:
@@ -70,10 +98,13 @@ def _draw(canvas: np.ndarray, row: int, col: int, cell: int, shape: int, color: 
 
 
 def make_example(config: ShapesConfig, seed: int, index: int) -> dict:
-  """Example `index` of stream `seed`: {'image': uint8 [S, S, 3], 'color': str, 'count': int, 'prompt': str}."""
+  """Example `index` of stream `seed`: {'image': uint8 [S, S, 3], 'color': str, 'count': int, 'prompt': str,
+  'row_counts': tuple of `grid` ints (shapes of the asked colour in each board row, top to bottom)}. The format
+  does not change the example."""
   rng = np.random.default_rng([seed, index])
   image = np.full((config.image_size, config.image_size, 3), 245, np.uint8)
   counts = dict.fromkeys(config.colors, 0)
+  row_counts = {color: [0] * config.grid for color in config.colors}
   for cell_index in rng.permutation(config.grid**2):
     if rng.random() >= config.fill:
       continue
@@ -81,10 +112,12 @@ def make_example(config: ShapesConfig, seed: int, index: int) -> dict:
     if counts[color] == config.max_count:
       continue
     counts[color] += 1
+    row_counts[color][cell_index // config.grid] += 1
     _draw(image, cell_index // config.grid, cell_index % config.grid, config.cell, int(rng.integers(3)),
           RGB[color])
   asked = config.colors[rng.integers(len(config.colors))]
-  return dict(image=image, color=asked, count=counts[asked], prompt=f"how many {asked} shapes ?")
+  return dict(image=image, color=asked, count=counts[asked], prompt=f"how many {asked} shapes ?",
+              row_counts=tuple(row_counts[asked]))
 
 
 def encode(text: str) -> list[int]:
@@ -114,7 +147,42 @@ def prompt_ids(config: ShapesConfig, example: dict, merge_size: int = 2) -> list
 
 
 def answer_ids(example: dict) -> list[int]:
+  """The "answer" format's completion: [count digit, <eos>]."""
   return [TOKEN_ID[str(example["count"])], EOS]
+
+
+def answer_template_ids(count: int) -> list[int]:
+  """The "rows" format's answer: [=, count digit, <eos>] (what follows the last step)."""
+  return [EQUALS, TOKEN_ID[str(count)], EOS]
+
+
+def rows_ids(example: dict) -> list[int]:
+  """The "rows" format's completion: [row count, ;] per board row, then `answer_template_ids`."""
+  steps = [token for n in example["row_counts"] for token in (TOKEN_ID[str(n)], STEP)]
+  return steps + answer_template_ids(example["count"])
+
+
+def target_ids(config: ShapesConfig, example: dict) -> list[int]:
+  """The reference completion of an example in `config.format` (the SFT target)."""
+  return rows_ids(example) if config.format == "rows" else answer_ids(example)
+
+
+def parse_answer(config: ShapesConfig, ids) -> int | None:
+  """The answer of a completion (token ids, read up to the first <eos>), or None if it has none.
+
+  "answer": the last digit of the completion; this is what `jaxagents.rl.rewards.numeric_match` reads from text in
+  this vocabulary (the GRPO job's reward), so that job scores exactly as before.
+  "rows": the digit after the first `=`, which must be the completion's last word (`... ; = 3`); the steps are
+  not checked (the reward is outcome-only).
+  """
+  words = decode(ids).split()
+  if config.format == "answer":
+    digits = [w for w in words if w in DIGITS]
+    return int(digits[-1]) if digits else None
+  if "=" not in words:
+    return None
+  tail = words[words.index("=") + 1:]
+  return int(tail[0]) if len(tail) == 1 and tail[0] in DIGITS else None
 
 
 def qwen_vl_config(config: ShapesConfig, *, hidden: int = 64, layers: int = 2, vision_depth: int = 2,
@@ -123,7 +191,7 @@ def qwen_vl_config(config: ShapesConfig, *, hidden: int = 64, layers: int = 2, v
   from jaxagents.models.qwen_vl.config import QwenVLConfig, TextConfig, VisionConfig
 
   heads = max(hidden // 16, 1)
-  text = TextConfig(vocab_size=len(VOCAB), hidden_size=hidden, intermediate_size=2 * hidden, num_layers=layers,
+  text = TextConfig(vocab_size=config.vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_layers=layers,
                     num_heads=heads, num_kv_heads=max(heads // 2, 1), head_dim=16, mrope_section=(2, 3, 3))
   vision = VisionConfig(depth=vision_depth, width=vision_width, num_heads=2, mlp_dim=2 * vision_width,
                         out_dim=hidden, patch_size=config.cell)

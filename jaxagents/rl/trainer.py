@@ -37,7 +37,7 @@ from jaxagents import metrics as metrics_lib
 from jaxagents.data import shapes
 from jaxagents.models.qwen_vl.generate import SamplingConfig, generate, sampling_logits
 from jaxagents.models.qwen_vl.model import QwenVL
-from jaxagents.rl import grpo, rewards
+from jaxagents.rl import grpo
 
 _EVAL_SEED_OFFSET = 1_000_003
 
@@ -119,11 +119,11 @@ class ShapesGRPO:
     return [shapes.make_example(self.task, seed, start + i) for i in range(count)]
 
   def score(self, tokens: np.ndarray, examples: list[dict], repeat: int) -> np.ndarray:
-    """Exact-match reward of each row's decoded answer against its example's count."""
+    """Exact-match reward of each row's answer (`shapes.parse_answer` in the task's format) against its example's
+    count."""
     targets = [e["count"] for e in examples for _ in range(repeat)]
-    return np.array([rewards.numeric_match(shapes.decode(row), target) for row, target in zip(tokens, targets,
-                                                                                               strict=True)],
-                    np.float32)
+    return np.array([float(shapes.parse_answer(self.task, row) == target)
+                     for row, target in zip(tokens, targets, strict=True)], np.float32)
 
   # -- state ------------------------------------------------------------------------------------------------
   def init_state(self, key):
@@ -232,8 +232,8 @@ class ShapesGRPO:
     return state, {k: float(v) for k, v in metrics.items()}
 
   def target_ids(self, example: dict) -> list[int]:
-    """The SFT target completion of an example."""
-    return shapes.answer_ids(example)
+    """The SFT target completion of an example, in the task's format."""
+    return shapes.target_ids(self.task, example)
 
   def compile(self) -> None:
     """Jits the steps (called once by `run`; subclasses add theirs)."""
