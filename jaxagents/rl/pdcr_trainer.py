@@ -51,10 +51,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxagents.data import shapes
-from jaxagents.models.qwen_vl.generate import SamplingConfig, generate
 from jaxagents.models.qwen_vl.vision import VisionTower
 from jaxagents.rl import pdcr
-from jaxagents.rl.trainer import _EVAL_SEED_OFFSET, Rollout, ShapesGRPO, completion_logprobs
+from jaxagents.rl.trainer import Rollout, ShapesGRPO, completion_logprobs
 
 PROCESSES = ("pdcr", "pacr", "none")
 
@@ -165,33 +164,6 @@ class ShapesPDCR(ShapesGRPO):
         return completion_logprobs(self.model, params, inputs, mask, self.sampling)
 
     self._shared_image_logprobs = jax.jit(shared_image_logprobs)
-
-  def evaluate(self, params) -> dict[str, float]:
-    """`ShapesGRPO.evaluate` (held-out greedy accuracy and mean sampled reward) in chunks of
-    `config.data.eval_chunk` prompts (default 64). The vision tower attends over all patches of a call at once
-    (a block-diagonal mask, quadratic in the call's images): 256 prompts x 4 samples in one call took ~20x the time
-    of four 64-prompt calls here. The same held-out prompts; chunk i samples with fold_in(eval key, i)."""
-    n, samples = self.config.data.eval_examples, self.config.data.eval_samples
-    chunk = self.config.data.get("eval_chunk", 64)
-    examples = self.examples(self.config.seed + _EVAL_SEED_OFFSET, 0, n)
-    greedy = SamplingConfig(self.sampling.max_new_tokens, eos_ids=(shapes.EOS,), pad_id=shapes.PAD,
-                            suppress_ids=shapes.NEVER_GENERATED)
-    key = jax.random.key(self.config.seed + _EVAL_SEED_OFFSET)  # the same draws at every evaluation
-    greedy_scores, sampled_scores = [], []
-    for index, start in enumerate(range(0, n, chunk)):
-      part = examples[start:start + chunk]
-      for repeat, sampling, scores in ((1, greedy, greedy_scores), (samples, self.sampling, sampled_scores)):
-        if not repeat:
-          continue
-        inputs, _ = shapes.model_batch(self.task, self.model_config, part, repeat=repeat)
-        out = generate(self.model, params, inputs.input_ids, inputs.attention_mask, inputs.positions,
-                       inputs.decode_base, inputs.vision, sampling=sampling, key=jax.random.fold_in(key, index),
-                       cache_dtype=jnp.float32)
-        scores.append(self.score(np.asarray(out.tokens), part, repeat))
-    metrics = {"eval/reward": float(np.concatenate(greedy_scores).mean())}
-    if samples:
-      metrics["eval/sampled_reward"] = float(np.concatenate(sampled_scores).mean())
-    return metrics
 
   # -- the two policy passes ----------------------------------------------------------------------------------
   def confidence(self, params, batch: Rollout, segmentation: pdcr.StepSegmentation) -> jax.Array:
