@@ -4,28 +4,22 @@ share the step's advantage, process="none" is GRPO, and an interrupted run resum
 
 import copy
 import dataclasses
-import importlib.util
-import os
 import shutil
 
 import jax
 import numpy as np
 import pytest
 
-from jaxagents import checkpoint as checkpoint_lib
 from jaxagents import train as train_lib
 from jaxagents.data import shapes
 from jaxagents.rl import grpo, pdcr_trainer, trainer
+from tests.rl import jobs
 
-_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "pdcr_shapes.py")
 _GROUP, _PROMPTS = 3, 2
 
 
 def _config(**rl):
-  spec = importlib.util.spec_from_file_location("pdcr_shapes", _CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = jobs.load_config("pdcr_shapes")
   config.model = dict(hidden=32, layers=1, vision_depth=1, vision_width=16)  # halves the compile times
   config.data.eval_examples = 4
   config.data.eval_samples = 2
@@ -280,17 +274,6 @@ def test_rejects_a_process_reward_on_the_single_digit_format():
 # -- the job ----------------------------------------------------------------------------------------------------------
 
 
-def _final_state(workdir, config):
-  job = pdcr_trainer.ShapesPDCR(config)
-  abstract = jax.eval_shape(job.init_state, jax.random.key(config.seed))
-  checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints", save_every=1, async_save=False)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  state = checkpointer.restore(checkpointer.latest_step(), checkpoint_lib.abstract_with_shardings(
-    abstract, jax.tree.map(lambda _: device, abstract)))
-  checkpointer.close()
-  return state
-
-
 def test_interrupted_pdcr_run_resumes_to_the_same_state(tmp_path):
   # 2 SFT + 2 RL steps; 2 x 4 held-out samples share the rollouts' compiled sampler (8 rows).
   config = _config(steps=2)
@@ -307,7 +290,7 @@ def test_interrupted_pdcr_run_resumes_to_the_same_state(tmp_path):
   shutil.copytree(tmp_path / "whole", tmp_path / "split")
   shutil.rmtree(tmp_path / "split" / "checkpoints" / "4")
   resumed = train_lib.train(config, str(tmp_path / "split"))
-  a, b = _final_state(tmp_path / "whole", config), _final_state(tmp_path / "split", config)
+  a, b = jobs.latest_state(tmp_path / "whole", config), jobs.latest_state(tmp_path / "split", config)
   assert int(a["step"]) == int(b["step"]) == 4
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

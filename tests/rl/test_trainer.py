@@ -1,29 +1,17 @@
 """The GRPO post-training job: an interrupted run resumes to the same parameters, the rollout log-probs equal
 the training graph's recompute, and a shortened job raises the held-out reward."""
 
-import importlib.util
 import json
-import os
 
 import jax
 import numpy as np
 
-from jaxagents import checkpoint as checkpoint_lib
 from jaxagents import train as train_lib
-from jaxagents.rl import trainer
-
-_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "grpo_shapes.py")
-
-
-def _load_config():
-  spec = importlib.util.spec_from_file_location("grpo_shapes", _CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from tests.rl import jobs
 
 
 def _config(**rl):
-  config = _load_config()
+  config = jobs.load_config("grpo_shapes")
   config.data.eval_examples = 16
   config.data.eval_samples = 2
   config.sft.steps = 3
@@ -38,23 +26,12 @@ def _config(**rl):
   return config
 
 
-def _final_params(workdir, config):
-  job = trainer.ShapesGRPO(config)
-  abstract = jax.eval_shape(job.init_state, jax.random.key(config.seed))
-  checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints", save_every=1, async_save=False)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  state = checkpointer.restore(checkpointer.latest_step(), checkpoint_lib.abstract_with_shardings(
-    abstract, jax.tree.map(lambda _: device, abstract)))
-  checkpointer.close()
-  return state
-
-
 def test_interrupted_run_resumes_to_the_same_state(tmp_path):
   whole = train_lib.train(_config(), str(tmp_path / "whole"))
   first = _config(steps=1)
   train_lib.train(first, str(tmp_path / "split"))  # stops after SFT + 1 RL step (step 4)
   resumed = train_lib.train(_config(), str(tmp_path / "split"))
-  a, b = _final_params(tmp_path / "whole", _config()), _final_params(tmp_path / "split", _config())
+  a, b = jobs.latest_state(tmp_path / "whole", _config()), jobs.latest_state(tmp_path / "split", _config())
   assert int(a["step"]) == int(b["step"]) == 6
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -69,7 +46,7 @@ def test_shortened_grpo_job_raises_the_held_out_reward(tmp_path):
   """The README main job shortened to 100 GRPO steps after the SFT warm start (half the config's): the held-out
   sampled reward (256 prompts x 4 samples, the same draws at every evaluation) rose by 0.053 in our run
   (0.275 -> 0.328); require +0.03. About 4 minutes on one CPU core."""
-  config = _load_config()
+  config = jobs.load_config("grpo_shapes")
   config.rl.steps = 100
   result = train_lib.train(config, str(tmp_path))
   after_sft = json.loads((tmp_path / "after_sft.json").read_text())["eval/sampled_reward"]

@@ -2,9 +2,7 @@
 distillation update equals the spec's formula (§2, Eq. 13-18, 22) computed here from plain `model.apply` calls with
 and without the image and separate `jax.grad` calls per loss term."""
 
-import importlib.util
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -13,21 +11,17 @@ import optax
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-from jaxagents import checkpoint as checkpoint_lib
 from jaxagents import train as train_lib
 from jaxagents.data import shapes
 from jaxagents.rl import grpo, vgs, vgs_trainer
+from tests.rl import jobs
 
-_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "vgs_shapes.py")
 _CACHE_OPTIONS = {"jax_compilation_cache_dir": None, "jax_persistent_cache_min_compile_time_secs": 0.0,
                   "jax_persistent_cache_min_entry_size_bytes": 0}
 
 
 def _config(**rl):
-  spec = importlib.util.spec_from_file_location("vgs_shapes", _CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = jobs.load_config("vgs_shapes")
   config.data.eval_examples = 8
   config.data.eval_samples = 0
   config.teacher.steps = 2
@@ -58,23 +52,12 @@ def _compilation_cache(tmp_path_factory):
   compilation_cache.reset_cache()
 
 
-def _final_state(workdir, config):
-  job = vgs_trainer.ShapesVGS(config)
-  abstract = jax.eval_shape(job.init_state, jax.random.key(config.seed))
-  checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints", save_every=1, async_save=False)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  state = checkpointer.restore(checkpointer.latest_step(), checkpoint_lib.abstract_with_shardings(
-    abstract, jax.tree.map(lambda _: device, abstract)))
-  checkpointer.close()
-  return state
-
-
 @pytest.mark.slow  # ~2.5 min of XLA compiles; the shared run loop's resume is covered by the GRPO and PDCR tests
 def test_interrupted_run_resumes_to_the_same_state(tmp_path):
   whole = train_lib.train(_config(), str(tmp_path / "whole"))
   train_lib.train(_config(steps=1), str(tmp_path / "split"))  # stops after teacher, SFT and 1 distillation step
   resumed = train_lib.train(_config(), str(tmp_path / "split"))
-  a, b = _final_state(tmp_path / "whole", _config()), _final_state(tmp_path / "split", _config())
+  a, b = jobs.latest_state(tmp_path / "whole", _config()), jobs.latest_state(tmp_path / "split", _config())
   assert int(a["step"]) == int(b["step"]) == 5
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
