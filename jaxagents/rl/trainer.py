@@ -312,7 +312,17 @@ class ShapesGRPO:
       for key, value in json.loads((path / "after_sft.json").read_text()).items():
         final[f"{key}_after_sft"] = value
     (path / "final_metrics.json").write_text(json.dumps(final, indent=2))
+    self._print_summary(path, final)
     return final
+
+  @staticmethod
+  def _print_summary(path: epath.Path, final: dict[str, float]) -> None:
+    """One line per held-out reward: before training, after the warm start, at the end."""
+    points = [("before training", path / "before.json"), ("after warm start", path / "after_sft.json")]
+    rows = [(name, json.loads(file.read_text())) for name, file in points if file.exists()] + [("final", final)]
+    for key, label in (("eval/reward", "greedy accuracy"), ("eval/sampled_reward", "sampled mean reward")):
+      values = [f"{name} {values[key]:.3f}" for name, values in rows if key in values]
+      print(f"held-out {label}: " + ", ".join(values), file=sys.stderr)
 
 
 # `config.algorithm` -> "module:class" of the job (imported on use, so one trainer's imports do not burden another).
