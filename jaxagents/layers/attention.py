@@ -6,7 +6,7 @@ position-based causal masking, segment (packing) masks and key padding -- one fu
   * 'cudnn' -- `jax.nn.dot_product_attention(implementation='cudnn')` (GPU only, bf16/fp16).
   * 'auto'  -- 'cudnn' on a GPU for bf16/fp16 inputs with no mask that cuDNN cannot express natively,
                else 'xla'.
-  * 'sparse' -- MMInference sparse attention (arXiv 2504.16083; ../shared/specs/mminference_pallas.md §5.3),
+  * 'sparse' -- MMInference sparse attention (arXiv 2504.16083),
                `jaxagents.sparse.mminference_attention` under `sparse_config` (one layer's head entries and
                block sizes) with `modality_ids`. Causal self-attention prefill only (S == T, default
                positions); of the masks it honours `kv_mask` and `kv_lengths` (padding keys), nothing else.
@@ -94,6 +94,9 @@ def _validate(
       f"attention: mismatched heads: `q` heads Hq={q.shape[2]} must be a multiple of `k`/`v` heads "
       f"Hk={k.shape[2]} (q {q.shape}, k {k.shape})"
     )
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise _shape_error(name, "a floating dtype (float32, bfloat16, float16, ...)", x.dtype)
   if not (q.dtype == k.dtype == v.dtype):
     raise ValueError(
       f"attention: `q`, `k`, `v` must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}"

@@ -1,5 +1,6 @@
-"""A model's MMInference sparse-attention config: one head entry per (layer, query head), versioned JSON (spec
-/work/shared/specs/mminference_pallas.md §5.4).
+"""A model's MMInference sparse-attention config: one head entry per (layer, query head), versioned JSON. It is a
+superset of MInference's per-head pattern files (microsoft/MInference `minference/configs/`, read by
+`minference_format.py`); MMInference (arXiv 2504.16083) publishes no config format, so this one is ours.
 
     {"format": "jaxagents.sparse/1", "model": ..., "calib_hash": ..., "jax_version": ..., "block": [bq, bkv],
      "num_modalities": 2, "min_recall": 0.95,
@@ -133,4 +134,8 @@ class SparseAttentionConfig:
   @classmethod
   def load(cls, path: str | os.PathLike) -> SparseAttentionConfig:
     with open(path) as f:
-      return cls.from_dict(json.load(f))
+      try:
+        data = json.load(f)
+      except json.JSONDecodeError as error:
+        raise ValueError(f"SparseAttentionConfig.load: {os.fspath(path)} is not valid JSON: {error}") from error
+    return cls.from_dict(data)

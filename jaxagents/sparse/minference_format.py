@@ -1,5 +1,5 @@
-"""MInference's per-head pattern files <-> `SparseAttentionConfig` (MMInference spec §1.5, §5.4 "a reader for
-MInference's list format").
+"""MInference's per-head pattern files <-> `SparseAttentionConfig`: a reader and a writer for the list format of
+microsoft/MInference `minference/configs/`.
 
 MInference's format (e.g. `minference/configs/Llama_3.1_8B_Instruct_128k_kv_out_v32_fit_o_best_pattern.json`) is
 a JSON list with one dict per layer, mapping the query head index to `[pattern, v_size, s_size, score]`:
@@ -93,7 +93,10 @@ def from_minference(data: Sequence[dict], *, model: str = "", seq_len: int | Non
 def load_minference(path: str | os.PathLike, *, model: str = "", seq_len: int | None = None) -> SparseAttentionConfig:
   """Reads a MInference pattern file (`from_minference`); `model` defaults to the file name without extension."""
   with open(path) as f:
-    data = json.load(f)
+    try:
+      data = json.load(f)
+    except json.JSONDecodeError as error:
+      raise ValueError(f"minference_format: {os.fspath(path)} is not valid JSON: {error}") from error
   return from_minference(data, model=model or os.path.splitext(os.path.basename(path))[0], seq_len=seq_len)
 
 

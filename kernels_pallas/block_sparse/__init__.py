@@ -1,5 +1,5 @@
 """Block-sparse flash attention driven by a per-query-block list of key/value blocks (MMInference, arXiv
-2504.16083; spec /work/shared/specs/mminference_pallas.md §5.1-5.2).
+2504.16083; block lists in the style of jax's splash attention, `jax/experimental/pallas/ops/tpu/splash_attention/`).
 
     from kernels_pallas.block_sparse import block_sparse_attention, from_block_mask
     out = block_sparse_attention(q, k, v, from_block_mask(block_mask, 128, 128), causal=True)
@@ -13,6 +13,7 @@ from kernels_pallas.block_sparse.api import BACKENDS, block_sparse_attention
 from kernels_pallas.block_sparse.layout import (
   BlockLayout,
   check_layout,
+  check_layout_values,
   from_block_mask,
   to_block_mask,
   to_token_mask,
@@ -26,6 +27,7 @@ __all__ = [
   "block_sparse_attention",
   "block_sparse_attention_reference",
   "check_layout",
+  "check_layout_values",
   "from_block_mask",
   "to_block_mask",
   "to_token_mask",

@@ -1,4 +1,4 @@
-"""The one place that knows Pallas API names that moved between JAX releases (spec §3, "API churn").
+"""The one place that knows Pallas API names that moved between JAX releases (jax-ml/jax `docs/pallas/CHANGELOG.md`).
 
 Supported: jax 0.10.x (CPU CI) and 0.11.x (GPU machines). Everything else in this package imports Pallas
 backend modules from here, so a rename is fixed in one file.

@@ -1,4 +1,4 @@
-"""`block_sparse_attention`: one entry point, backend picked by platform (MMInference spec §5.2).
+"""`block_sparse_attention`: one entry point, backend picked by platform (the kernel of MMInference, arXiv 2504.16083).
 
 Backends (`BACKENDS`), all with the same masking semantics (see `reference.py`):
   * 'pallas_triton' -- Pallas, Triton lowering (`gpu_triton.py`); the GPU backend. Runs on a GPU, or anywhere
@@ -6,13 +6,19 @@ Backends (`BACKENDS`), all with the same masking semantics (see `reference.py`):
   * 'pallas_tpu'    -- Pallas Mosaic TPU (`tpu.py`), scalar-prefetched block lists. Runs on a TPU, or anywhere
                        with `interpret=True` / `pltpu.InterpretParams()`.
   * 'xla'           -- the dense masked reference (`reference.py`), O(S * T) memory; the CPU fallback.
-  * 'auto'          -- by `jax.default_backend()`: gpu -> 'pallas_triton', tpu -> 'pallas_tpu', else 'xla'.
-`backend` may also be a sequence, tried in order: a backend that cannot run here (wrong platform, a shape its
-lowering cannot take) raises NotImplementedError and the next one is tried (tokamax's `implementation=` idiom).
-No Hopper-specific (Mosaic GPU / wgmma) backend exists yet. Forward only: no VJP is defined (prefill use, spec
-§5.5 leaves gradients out of scope).
+  * 'auto'          -- ('pallas_triton', 'pallas_tpu', 'xla'): cuda/rocm -> 'pallas_triton', tpu -> 'pallas_tpu',
+                       any other platform -> 'xla' (also with `interpret`, which then applies to the choice).
+`backend` may also be a sequence, tried in order (tokamax's `implementation=` idiom): a backend whose lowering
+cannot take the block sizes (or `interpret`) is skipped, and so is one that does not lower for the platform the
+call runs on. An eager call runs on `jax.default_backend()`. A traced call (under jit, or lowered ahead of time
+with `jax.jit(f).trace(...).lower(lowering_platforms=...)` / `jax.export`) is decided by the *lowering* platform:
+the candidates are staged out with `jax.lax.platform_dependent`, so a CPU process can lower the GPU and TPU paths.
+A single platform-specific backend under tracing is taken as given (lowering it elsewhere fails in Pallas).
+No Hopper-specific (Mosaic GPU / wgmma) backend exists yet. Forward only: no VJP is defined (MMInference
+accelerates the prefill of inference).
 """
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -21,16 +27,45 @@ import numpy as np
 
 from kernels_pallas.block_sparse._compat import is_tpu_interpret_params
 from kernels_pallas.block_sparse.gpu_triton import block_sparse_attention_triton
-from kernels_pallas.block_sparse.layout import BlockLayout, validate_layout
+from kernels_pallas.block_sparse.layout import BlockLayout, check_layout_values, is_concrete, validate_layout
 from kernels_pallas.block_sparse.reference import block_sparse_attention_reference
 from kernels_pallas.block_sparse.tpu import block_sparse_attention_tpu
 
 _FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
-_AUTO = {"gpu": "pallas_triton", "tpu": "pallas_tpu"}
+_AUTO = ("pallas_triton", "pallas_tpu", "xla")
+
+# The lowering platforms each Pallas backend compiles for without `interpret`; 'xla', and a Pallas backend run
+# in the interpreter, lower for every platform.
+PLATFORMS: dict[str, tuple[str, ...]] = {"pallas_triton": ("cuda", "rocm"), "pallas_tpu": ("tpu",)}
 
 
 def _is_pow2(n: int) -> bool:
   return n > 0 and n & (n - 1) == 0
+
+
+def _check_xla(layout: BlockLayout, interpret) -> None:
+  del layout, interpret
+
+
+def _check_triton(layout: BlockLayout, interpret) -> None:
+  if is_tpu_interpret_params(interpret):
+    raise NotImplementedError(
+      "block_sparse_attention: backend 'pallas_triton' takes interpret=True, not a pltpu.InterpretParams"
+    )
+  for name in ("block_q", "block_kv"):
+    size = getattr(layout, name)
+    if not _is_pow2(size) or size < 16:
+      raise NotImplementedError(
+        f"block_sparse_attention: backend 'pallas_triton' needs layout.{name} a power of two >= 16, got {size}"
+      )
+
+
+def _check_tpu(layout: BlockLayout, interpret) -> None:
+  if not interpret and (layout.block_q % 8 or layout.block_kv % 8):
+    raise NotImplementedError(
+      f"block_sparse_attention: backend 'pallas_tpu' needs layout.block_q and layout.block_kv multiples of 8 "
+      f"(Mosaic's block tiling), got block_q={layout.block_q}, block_kv={layout.block_kv}"
+    )
 
 
 _reference_jit = jax.jit(block_sparse_attention_reference, static_argnames=("causal", "sm_scale"))
@@ -45,21 +80,7 @@ def _run_xla(q, k, v, layout, q_positions, kv_positions, *, causal, sm_scale, in
 
 
 def _run_triton(q, k, v, layout, q_positions, kv_positions, *, causal, sm_scale, interpret, return_lse):
-  if not interpret and jax.default_backend() != "gpu":
-    raise NotImplementedError(
-      f"block_sparse_attention: backend 'pallas_triton' needs a GPU (JAX's default backend is "
-      f"'{jax.default_backend()}'); pass interpret=True to run it in the Pallas interpreter"
-    )
-  if is_tpu_interpret_params(interpret):
-    raise NotImplementedError(
-      "block_sparse_attention: backend 'pallas_triton' takes interpret=True, not a pltpu.InterpretParams"
-    )
-  for name in ("block_q", "block_kv"):
-    size = getattr(layout, name)
-    if not _is_pow2(size) or size < 16:
-      raise NotImplementedError(
-        f"block_sparse_attention: backend 'pallas_triton' needs layout.{name} a power of two >= 16, got {size}"
-      )
+  _check_triton(layout, interpret)
   return block_sparse_attention_triton(
     q,
     k,
@@ -75,17 +96,7 @@ def _run_triton(q, k, v, layout, q_positions, kv_positions, *, causal, sm_scale,
 
 
 def _run_tpu(q, k, v, layout, q_positions, kv_positions, *, causal, sm_scale, interpret, return_lse):
-  if not interpret:
-    if jax.default_backend() != "tpu":
-      raise NotImplementedError(
-        f"block_sparse_attention: backend 'pallas_tpu' needs a TPU (JAX's default backend is "
-        f"'{jax.default_backend()}'); pass interpret=True or pltpu.InterpretParams() to run it in the interpreter"
-      )
-    if layout.block_q % 8 or layout.block_kv % 128:
-      raise NotImplementedError(
-        f"block_sparse_attention: backend 'pallas_tpu' needs layout.block_q % 8 == 0 and layout.block_kv % 128 == 0 "
-        f"on a TPU, got block_q={layout.block_q}, block_kv={layout.block_kv}"
-      )
+  _check_tpu(layout, interpret)
   return block_sparse_attention_tpu(
     q,
     k,
@@ -101,8 +112,24 @@ def _run_tpu(q, k, v, layout, q_positions, kv_positions, *, causal, sm_scale, in
 
 
 # name -> fn(q, k, v, layout, q_positions, kv_positions, *, causal, sm_scale, interpret, return_lse); a backend
-# raises NotImplementedError when it cannot run the call here.
+# raises NotImplementedError when its lowering cannot take the call's block sizes or `interpret` (the platforms
+# it lowers for are in PLATFORMS).
 BACKENDS: dict[str, Callable] = {"pallas_triton": _run_triton, "pallas_tpu": _run_tpu, "xla": _run_xla}
+_CHECKS: dict[str, Callable] = {"pallas_triton": _check_triton, "pallas_tpu": _check_tpu, "xla": _check_xla}
+
+
+def _lowering_platforms(name: str, interpret, auto: bool) -> tuple[str, ...] | None:
+  """The platforms backend `name` lowers for; None for every platform.
+
+  'auto' keeps each Pallas backend on its own platform even with `interpret` (which then applies to the chosen
+  one), so 'auto' on a CPU stays the XLA reference.
+  """
+  return None if interpret and not auto else PLATFORMS.get(name)
+
+
+def _runs_on_default_backend(platforms: tuple[str, ...] | None) -> bool:
+  default = jax.default_backend()  # 'gpu' stands for both cuda and rocm
+  return platforms is None or default in platforms or (default == "gpu" and bool({"cuda", "rocm"} & set(platforms)))
 
 
 def _positions(positions, name: str, batch: int, length: int, default_offset: int) -> jax.Array:
@@ -160,7 +187,8 @@ def block_sparse_attention(
   Key t is visible to query s iff its block is listed for s's block (see `layout.py`) and, when `causal`,
   kv_positions[t] <= q_positions[s]. Positions are the tokens' *original* positions, so permuted inputs
   (MMInference's grid/modality permutations) stay causal. Rows with no visible key return out = 0 and
-  lse = -inf. Jit-able (all checks are on shapes); layout values are checked by `check_layout`.
+  lse = -inf. Jit-able: the layout's values (listed ids in [0, T / block_kv), no id twice in a row, counts in
+  [0, MAXN]) are checked when its arrays are concrete, and skipped when they are traced (`check_layout_values`).
 
   Args:
     q: [B, S, Hq, D] queries, float32/bfloat16/float16.
@@ -182,6 +210,8 @@ def block_sparse_attention(
   _validate_inputs(q, k, v)
   (batch, q_len, num_q_heads, head_dim), (kv_len, num_kv_heads) = q.shape, k.shape[1:3]
   validate_layout(layout, batch=batch, q_len=q_len, kv_len=kv_len, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads)
+  if is_concrete(layout):
+    check_layout_values(layout, kv_len, where="block_sparse_attention")
   for name, given in (("block_q", block_q), ("block_kv", block_kv)):
     if given is not None and given != getattr(layout, name):
       raise ValueError(f"block_sparse_attention: `{name}`={given} does not match layout.{name}={getattr(layout, name)}")
@@ -189,30 +219,45 @@ def block_sparse_attention(
   kv_positions = _positions(kv_positions, "kv_positions", batch, kv_len, 0)
   sm_scale = float(1.0 / np.sqrt(head_dim)) if sm_scale is None else float(sm_scale)
 
-  if backend == "auto":
-    backend = _AUTO.get(jax.default_backend(), "xla")
-  names = (backend,) if isinstance(backend, str) else tuple(backend)
+  auto = isinstance(backend, str) and backend == "auto"
+  names = _AUTO if auto else (backend,) if isinstance(backend, str) else tuple(backend)
   unknown = [name for name in names if name not in BACKENDS]
   if not names or unknown:
     raise ValueError(
       f"block_sparse_attention: `backend` must be 'auto', one of {sorted(BACKENDS)}, or a non-empty sequence of "
       f"those, got {backend!r}"
     )
-  errors = []
+  # Eager calls run on JAX's default backend; a traced call runs wherever it is lowered, which is only known at
+  # lowering time, so there the choice among platform-specific backends is staged out with platform_dependent.
+  eager = not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((q, k, v, layout, q_positions, kv_positions)))
+  errors, candidates, platforms = [], [], {}
   for name in names:
     try:
-      return BACKENDS[name](
-        q,
-        k,
-        v,
-        layout,
-        q_positions,
-        kv_positions,
-        causal=causal,
-        sm_scale=sm_scale,
-        interpret=interpret,
-        return_lse=return_lse,
-      )
+      _CHECKS[name](layout, interpret)
     except NotImplementedError as error:
       errors.append(f"{name}: {error}")
-  raise NotImplementedError("block_sparse_attention: no backend could run this call:\n  " + "\n  ".join(errors))
+      continue
+    platforms[name] = _lowering_platforms(name, interpret, auto)
+    if eager and not _runs_on_default_backend(platforms[name]):
+      errors.append(
+        f"{name}: block_sparse_attention: backend {name!r} lowers for {' / '.join(PLATFORMS[name])} only and JAX's "
+        f"default backend is '{jax.default_backend()}'; pass interpret=True (or a pltpu.InterpretParams for "
+        "'pallas_tpu') to run it in the Pallas interpreter, or trace and lower it for its platform"
+      )
+      continue
+    candidates.append(name)
+    if eager or platforms[name] is None:
+      break  # this one runs wherever the call does: later names are never reached
+  if not candidates:
+    raise NotImplementedError("block_sparse_attention: no backend could run this call:\n  " + "\n  ".join(errors))
+  kwargs = {"causal": causal, "sm_scale": sm_scale, "interpret": interpret, "return_lse": return_lse}
+  run = {name: functools.partial(BACKENDS[name], **kwargs) for name in candidates}
+  args = (q, k, v, layout, q_positions, kv_positions)
+  if len(candidates) == 1:
+    return run[candidates[0]](*args)
+  per_platform = {}
+  for name in candidates:
+    for platform in platforms[name] or ():
+      per_platform.setdefault(platform, run[name])
+  default = run[candidates[-1]] if platforms[candidates[-1]] is None else None
+  return jax.lax.platform_dependent(*args, default=default, **per_platform)

@@ -1,4 +1,5 @@
-"""Block-sparse flash-attention forward, portable Pallas GPU path (Triton lowering). Spec §2.4, §5.2.
+"""Block-sparse flash-attention forward, portable Pallas GPU path (Triton lowering), after jax's
+Pallas `mha` (`jax/experimental/pallas/ops/gpu/attention.py`).
 
 FlashAttention-2 online softmax (Dao 2023, arXiv 2307.08691, Alg. 1) over a *listed* subset of key/value blocks:
 one program per (query block i, query head, batch) keeps q[i] on chip and runs a `fori_loop` over
@@ -20,8 +21,8 @@ zero-padded here to a power of two >= 16 when it is not one (exact: zero columns
 padded output columns are dropped). This is the GPU backend for now, meant for any GPU the Triton lowering takes. A
 Hopper-specific (Mosaic GPU, wgmma/TMA, warp-specialised) path is not implemented. Checked without a GPU:
 results in interpret mode on CPU, and that the Triton lowering accepts the kernel (cross-platform lowering for
-CUDA). Not checked: PTX compilation, running on a GPU, and speed (the spec's prototype of this design reached
-290-350 TFLOP/s on kept blocks on an H100; this file's kernel has not been timed).
+CUDA). Not checked: PTX compilation, running on a GPU, and speed (an earlier prototype of this design reached
+290-350 TFLOP/s on kept blocks on an H100, an unpublished measurement; this file's kernel has not been timed).
 """
 
 import functools
@@ -51,7 +52,8 @@ def _kernel(
 
   def body(j, carry):
     acc, m_prev, l_prev = carry
-    # Clamped so that a malformed layout reads wrong blocks instead of faulting (cf. MInference issue #86).
+    # Clamped so that a malformed layout reads wrong blocks instead of faulting (cf. the illegal memory
+    # access in https://github.com/microsoft/MInference/issues/86).
     kv_block = jnp.clip(kv_blocks_ref[j], 0, num_kv_blocks - 1)
     start = pl.multiple_of(kv_block * block_kv, block_kv)
     kv_slice = pl.ds(start, block_kv)

@@ -1,5 +1,5 @@
 """`BlockLayout`: the compact per-query-block list of key/value blocks that drives the block-sparse kernels
-(MMInference spec §5.1; the "dynamic sparse index" stage of arXiv 2504.16083, Fig. 1 / §1.1 of the spec).
+(the "dynamic sparse index" stage of MMInference, arXiv 2504.16083).
 
 A layout never holds an S x S mask. For batch b, layout head h and query block i (tokens
 [i * block_q, (i + 1) * block_q)), the kernel visits the key/value blocks
@@ -16,11 +16,13 @@ A layout never holds an S x S mask. For batch b, layout head h and query block i
     head). For MHA both are the same.
   * block_q, block_kv: static token sizes of a block (pytree metadata, so one compile per shape bucket).
 Causal masking is applied on top of the layout by the kernels, from token positions; listing a block above the
-diagonal is allowed and costs compute but not correctness. A layout that breaks the contract gives unspecified
-results (the kernels clamp ids and counts so they never read out of bounds); `check_layout` catches it.
+diagonal is allowed and costs compute but not correctness. A traced layout that breaks the contract gives
+unspecified results (the kernels clamp ids and counts so they never read out of bounds); `block_sparse_attention`
+refuses a concrete one whose listed ids or counts are out of range or repeat (`check_layout_values`), and
+`check_layout` checks the whole contract.
 
-Not implemented (spec §5.1 optional fields): `block_kind` (full vs. partial blocks) and the vertical-column
-path `cols` / `col_count`.
+Not implemented: `block_kind` (full vs. partial blocks, splash attention's `block_mask`) and MInference's
+vertical-column path (`column_count` / `column_index` of `csrc/vertical_slash_index.cu`).
 """
 
 import dataclasses
@@ -109,39 +111,70 @@ def validate_layout(
     )
 
 
-def check_layout(layout: BlockLayout, kv_len: int) -> None:
-  """Value checks of the layout contract on concrete arrays (host side; not jit-able).
+def is_concrete(layout: BlockLayout) -> bool:
+  """True when the layout's arrays hold values (not tracers), so `check_layout_values` can read them."""
+  return not any(isinstance(x, jax.core.Tracer) for x in (layout.kv_blocks, layout.kv_count))
 
-  Raises ValueError at the first violation, naming the (b, h, i) row: counts outside [0, MAXN], ids outside
-  [0, T / block_kv), ids not strictly increasing (duplicates would be counted twice by the kernels), or
-  padding that does not repeat the last valid id.
+
+def check_layout_values(layout: BlockLayout, kv_len: int, *, where: str = "BlockLayout", name: str = "layout") -> None:
+  """The value checks every backend needs for correct results, on concrete arrays (host side; not jit-able).
+
+  Raises ValueError at the first violation, naming the field, the (b, h, i) row and the value: a count outside
+  [0, MAXN], a listed id (among the first kv_count) outside [0, T / block_kv) (the kernels would clamp it and
+  read the wrong block), or an id listed twice in a row (its keys would be counted twice). Order and padding
+  are not checked: the backends give correct results without them (`check_layout` checks the full contract).
+  `where` and `name` prefix the messages (the caller and its argument).
   """
   blocks, count = np.asarray(layout.kv_blocks), np.asarray(layout.kv_count)
   max_blocks, num_kv_blocks = blocks.shape[-1], kv_len // layout.block_kv
   bad = np.argwhere((count < 0) | (count > max_blocks))
   if bad.size:
-    row = tuple(bad[0])
-    raise ValueError(f"BlockLayout: `kv_count` must be in [0, MAXN={max_blocks}], got {count[row]} at (b, h, i)={row}")
+    row = tuple(int(x) for x in bad[0])
+    raise ValueError(
+      f"{where}: `{name}.kv_count` must be in [0, MAXN={max_blocks}], got {count[row]} at (b, h, i)={row}"
+    )
   valid = np.arange(max_blocks) < count[..., None]
   bad = np.argwhere(valid & ((blocks < 0) | (blocks >= num_kv_blocks)))
   if bad.size:
-    row = tuple(bad[0][:3])
+    row = tuple(int(x) for x in bad[0][:3])
     raise ValueError(
-      f"BlockLayout: `kv_blocks` ids must be in [0, {num_kv_blocks}) (T={kv_len} / block_kv={layout.block_kv}), "
-      f"got {blocks[row][: count[row]].tolist()} at (b, h, i)={row}"
+      f"{where}: `{name}.kv_blocks` ids must be in [0, {num_kv_blocks}) (T={kv_len} / block_kv={layout.block_kv}), "
+      f"got {blocks[row][bad[0][3]]} at (b, h, i)={row} (its first kv_count ids: {blocks[row][: count[row]].tolist()})"
     )
+  # Unlisted entries become distinct negative ids, so after sorting only listed ids can sit next to an equal one.
+  listed = np.sort(np.where(valid, blocks, -1 - np.arange(max_blocks)), axis=-1)
+  repeated = (listed[..., 1:] == listed[..., :-1]) & (listed[..., 1:] >= 0)
+  bad = np.argwhere(repeated)
+  if bad.size:
+    row = tuple(int(x) for x in bad[0][:3])
+    raise ValueError(
+      f"{where}: `{name}.kv_blocks` row (b, h, i)={row} lists block {listed[row][bad[0][3]]} twice among its first "
+      f"kv_count={count[row]} ids {blocks[row][: count[row]].tolist()} (its keys would be counted twice)"
+    )
+
+
+def check_layout(layout: BlockLayout, kv_len: int) -> None:
+  """Value checks of the layout contract on concrete arrays (host side; not jit-able).
+
+  Raises ValueError at the first violation, naming the (b, h, i) row: the `check_layout_values` checks (counts
+  in [0, MAXN], ids in [0, T / block_kv), no id twice), then ids not strictly increasing, or padding that does
+  not repeat the last valid id.
+  """
+  check_layout_values(layout, kv_len)
+  blocks, count = np.asarray(layout.kv_blocks), np.asarray(layout.kv_count)
+  valid = np.arange(blocks.shape[-1]) < count[..., None]
   bad = np.argwhere((valid[..., 1:] & (np.diff(blocks, axis=-1) <= 0)).any(-1))
   if bad.size:
-    row = tuple(bad[0])
+    row = tuple(int(x) for x in bad[0])
     raise ValueError(
-      f"BlockLayout: the first kv_count ids of a row must be strictly increasing (no duplicates), got "
+      f"BlockLayout: the first kv_count ids of a row must be strictly increasing, got "
       f"{blocks[row][: count[row]].tolist()} at (b, h, i)={row}"
     )
   last = np.take_along_axis(blocks, np.maximum(count - 1, 0)[..., None], axis=-1)
   expected_padding = np.where(count[..., None] > 0, last, 0)
   bad = np.argwhere((~valid & (blocks != expected_padding)).any(-1))
   if bad.size:
-    row = tuple(bad[0])
+    row = tuple(int(x) for x in bad[0])
     raise ValueError(
       f"BlockLayout: `kv_blocks` padding past kv_count must repeat the last valid id (0 for an empty row), got "
       f"{blocks[row].tolist()} with kv_count={count[row]} at (b, h, i)={row}"

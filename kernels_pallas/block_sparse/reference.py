@@ -1,9 +1,10 @@
-"""Pure-JAX reference for block-sparse attention: dense masked softmax attention (spec §5.5, oracle 1).
+"""Pure-JAX reference for block-sparse attention: dense masked softmax attention (the oracle of every backend).
 
     visible[b, hq, s, t] = layout_block(b, h(hq), s // block_q, t // block_kv)
                            AND (not causal OR kv_positions[b, t] <= q_positions[b, s])
     lse[b, hq, s]        = log sum_{t visible} exp(sm_scale * q[b, s, hq] . k[b, t, hkv])
-    out[b, s, hq]        = sum_{t visible} exp(sm_scale * q . k - lse) v[b, t, hkv]
+    p[b, hq, s, t]       = exp(sm_scale * q . k - m[b, hq, s]),  m = the row max of the visible scores
+    out[b, s, hq]        = sum_{t visible} p v[b, t, hkv] / sum_{t visible} p
 
 with hkv = hq // (Hq / Hkv) (GQA) and h(hq) = hkv for a per-kv-head layout, hq for a per-query-head one.
 Rows with no visible key give out = 0 and lse = -inf (never NaN); every backend follows this convention.
@@ -63,8 +64,15 @@ def block_sparse_attention_reference(
     layout, num_q_heads=num_q_heads, kv_len=kv_len, causal=causal, q_positions=q_positions, kv_positions=kv_positions
   ).reshape(batch, num_kv_heads, groups, q_len, kv_len)
   scores = jnp.where(mask, scores, -jnp.inf)
-  lse = jax.nn.logsumexp(scores, axis=-1)  # -inf on empty rows
-  probs = jnp.where(mask, jnp.exp(scores - jnp.where(jnp.isfinite(lse), lse, 0)[..., None]), 0.0)
-  out = jnp.einsum("bkgst,btkd->bskgd", probs, v.astype(jnp.float32), precision=highest)
+  # Normalise by the row max and the row sum, not by exp(s - lse): at large logits lse is rounded to
+  # ulp(lse) (2.4e-4 at 2.7e3), which would scale a whole row of probabilities by e^(that error).
+  row_max = jnp.max(scores, axis=-1, keepdims=True)
+  row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)  # empty rows: every weight is 0 anyway
+  weights = jnp.where(mask, jnp.exp(scores - row_max), 0.0)
+  row_sum = jnp.sum(weights, axis=-1)  # [B, Hkv, G, S]
+  unnormalised = jnp.einsum("bkgst,btkd->bskgd", weights, v.astype(jnp.float32), precision=highest)
+  safe_sum = jnp.where(row_sum > 0, row_sum, 1.0)
+  out = unnormalised / jnp.moveaxis(safe_sum, 3, 1)[..., None]  # [B, S, Hkv, G, D]
   out = out.reshape(batch, q_len, num_q_heads, head_dim).astype(q.dtype)
+  lse = jnp.where(row_sum > 0, row_max[..., 0] + jnp.log(safe_sum), -jnp.inf)  # -inf on empty rows
   return out, lse.reshape(batch, num_q_heads, q_len)

@@ -1,4 +1,5 @@
-"""Block-sparse flash-attention forward on TPU (Pallas Mosaic), splash-attention style. Spec §2.2, §5.2.
+"""Block-sparse flash-attention forward on TPU (Pallas Mosaic), splash-attention style (jax
+`jax/experimental/pallas/ops/tpu/splash_attention/`: scalar-prefetched block lists, `data_next` index maps).
 
 Grid (B, Hq, NQ, MAXN); the last axis walks the block list of query block i. `kv_blocks` and `kv_count` are
 scalar-prefetched into SMEM (`PrefetchScalarGridSpec`), and the K/V `index_map`s read the block id from them,
@@ -15,10 +16,12 @@ The body is FlashAttention-2's online softmax (arXiv 2307.08691, Alg. 1) with m,
 `m` starts at MASK / 2 so rows whose keys are all masked get p = 0 without NaN (as in `gpu_triton.py`).
 GQA: K/V index maps use h // (Hq / Hkv); the layout row is per kv head or per query head. Inputs are moved to
 [B, H, S, D] so the (block, head_dim) tiles are the minor dims Mosaic tiles (an extra HBM pass over q, k, v and
-out; a head-major caller would avoid it). Positions travel as [B, S, 1] and [B, 1, T] blocks, so the causal
-test is a column compared against a row.
+out; a head-major caller would avoid it). Query positions travel as [B, S, 1] and key positions as
+[B, NK, 1, block_kv] (one row per key block, so the block's last two dims are the array's whatever block_kv),
+so the causal test is a column compared against a row.
 
-Hardware constraints (checked by the API when not interpreting): block_q % 8 == 0, block_kv % 128 == 0. The
+Hardware constraints (checked by the API when not interpreting): block_q % 8 == 0, block_kv % 8 == 0 (Mosaic's
+block tiling rule on the q and K/V tiles; block_kv = 64, MInference's block, lowers). The
 prefetched lists live in SMEM, B * H * NQ * (MAXN + 1) int32 words; very long sequences with many heads need
 to be split over heads by the caller (splash downcasts and shrinks its lists instead; not done here).
 Checked without a TPU: results in interpret mode on CPU (`interpret=True` and `pltpu.InterpretParams()`), and
@@ -149,7 +152,7 @@ def block_sparse_attention_tpu(
     return b, i, 0
 
   def kv_pos_map(b, h, i, j, kv_blocks_ref, kv_count_ref):
-    return b, 0, kv_blocks_ref[layout_row(b, h, i) * max_blocks + j]
+    return b, kv_blocks_ref[layout_row(b, h, i) * max_blocks + j], 0, 0
 
   def lse_map(b, h, i, j, kv_blocks_ref, kv_count_ref):
     return b, h, i, 0
@@ -167,7 +170,9 @@ def block_sparse_attention_tpu(
       pl.BlockSpec((None, None, block_kv, head_dim), kv_map),
       pl.BlockSpec((None, None, block_kv, head_dim), kv_map),
       pl.BlockSpec((None, block_q, 1), q_pos_map),
-      pl.BlockSpec((None, 1, block_kv), kv_pos_map),
+      # [B, NK, 1, block_kv]: the block's last two dims are the array's, which Mosaic's tiling rule accepts for
+      # any block_kv (a (1, block_kv) block of a [B, 1, T] array would need block_kv % 128 == 0).
+      pl.BlockSpec((None, None, 1, block_kv), kv_pos_map),
     ],
     out_specs=out_specs,
     scratch_shapes=[
@@ -191,7 +196,7 @@ def block_sparse_attention_tpu(
     k.transpose(0, 2, 1, 3),
     v.transpose(0, 2, 1, 3),
     q_positions[:, :, None],
-    kv_positions[:, None, :],
+    kv_positions.reshape(batch, kv_len // block_kv, 1, block_kv),
   )
   out = results[0].transpose(0, 2, 1, 3)
   return (out, results[1][..., 0]) if return_lse else out

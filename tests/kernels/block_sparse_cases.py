@@ -91,3 +91,16 @@ def causal_visible(case: Case, block_mask, q_positions=None, kv_positions=None) 
   q_pos = np.broadcast_to(positions if q_positions is None else q_positions, (case.batch, case.seq_len))
   kv_pos = np.broadcast_to(positions if kv_positions is None else kv_positions, (case.batch, case.seq_len))
   return token_mask(block_mask, case) & (kv_pos[:, None, None, :] <= q_pos[:, None, :, None])
+
+
+def attention_oracle(q, k, v, visible, sm_scale) -> np.ndarray:
+  """float64 softmax attention [B, S, Hq, D] over visible keys (zeros on empty rows); visible: bool [B, Hq, S, T]."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  groups = q.shape[2] // k.shape[2]
+  k, v = np.repeat(k, groups, axis=2), np.repeat(v, groups, axis=2)
+  scores = np.where(visible, np.einsum("bshd,bthd->bhst", q, k) * sm_scale, -np.inf)
+  peak = np.max(scores, axis=-1, keepdims=True)
+  weights = np.exp(scores - np.where(np.isfinite(peak), peak, 0.0))
+  total = np.sum(weights, axis=-1, keepdims=True)
+  probs = weights / np.where(total > 0, total, 1.0)
+  return np.einsum("bhst,bthd->bshd", probs, v)

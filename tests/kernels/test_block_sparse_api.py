@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels_pallas.block_sparse import BACKENDS, block_sparse_attention, from_block_mask
+from kernels_pallas.block_sparse import BACKENDS, BlockLayout, block_sparse_attention, from_block_mask
 from tests.kernels.block_sparse_cases import (
   Case,
+  attention_oracle,
   causal_visible,
   interpret_for,
   library_attention,
@@ -48,11 +49,37 @@ def test_rows_without_visible_keys_give_zero_output_and_minus_infinity_lse_witho
     assert np.isneginf(lse).all()
 
 
+def test_xla_reference_keeps_float32_accuracy_at_large_logits():
+  # Integer q, k and sm_scale = 1 make every score exact in float32 (about 2704 +- 15, so lse ~ 2.7e3); the only
+  # error left is the normalisation's. Subtracting lse (rounded to ulp(2.7e3) = 2.4e-4) would scale every
+  # probability of a row by up to e^1.2e-4; subtracting the row max keeps it to a few float32 ulps.
+  case = Case(batch=1, seq_len=64, num_q_heads=4, num_kv_heads=2, head_dim=16, block_q=16, block_kv=16)
+  rng = np.random.default_rng(3)
+  q = rng.integers(-1, 2, (case.batch, case.seq_len, case.num_q_heads, case.head_dim)).astype(np.float32)
+  k = rng.integers(-1, 2, (case.batch, case.seq_len, case.num_kv_heads, case.head_dim)).astype(np.float32)
+  q[..., 0] = k[..., 0] = 52.0
+  v = rng.standard_normal(k.shape).astype(np.float32)
+  block_mask = random_block_mask(case, density=0.7)
+  visible = causal_visible(case, block_mask)
+  out, lse = block_sparse_attention(
+    q, k, v, from_block_mask(block_mask, case.block_q, case.block_kv), backend="xla", sm_scale=1.0, return_lse=True
+  )
+  expected_lse = lse_oracle(q, k, visible, 1.0)
+  assert np.nanmax(np.where(np.isfinite(expected_lse), expected_lse, np.nan)) > 2.7e3
+  expected = attention_oracle(q, k, v, visible, 1.0)
+  row_norm = np.linalg.norm(expected, axis=-1, keepdims=True)
+  row_error = np.linalg.norm(np.asarray(out, np.float64) - expected, axis=-1, keepdims=True)
+  assert np.max(np.where(row_norm > 0, row_error / np.maximum(row_norm, 1e-30), 0.0)) < 2e-6
+  np.testing.assert_allclose(lse, expected_lse, rtol=1e-6)
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks the CPU choice")
-def test_auto_backend_on_cpu_is_the_xla_reference():
+def test_auto_backend_on_cpu_is_the_xla_reference_eager_jitted_and_with_interpret():
   q, k, v, _, layout = _inputs()
-  auto = block_sparse_attention(q, k, v, layout)
-  np.testing.assert_array_equal(auto, block_sparse_attention(q, k, v, layout, backend="xla"))
+  expected = block_sparse_attention(q, k, v, layout, backend="xla")
+  np.testing.assert_array_equal(block_sparse_attention(q, k, v, layout), expected)
+  np.testing.assert_array_equal(block_sparse_attention(q, k, v, layout, interpret=True), expected)
+  np.testing.assert_array_equal(jax.jit(block_sparse_attention)(q, k, v, layout), expected)
 
 
 @pytest.mark.parametrize("backend", ["pallas_triton", "pallas_tpu"])
@@ -108,3 +135,45 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(change, message):
   q, k, v, layout, kwargs = change(q, k, v, layout)
   with pytest.raises(ValueError, match=message):
     block_sparse_attention(q, k, v, layout, **kwargs)
+
+
+def _with_row(layout, row, ids, count):
+  """`layout` with row (b, h, i) = row replaced by `ids` (padded by repeating the last one) and `count`."""
+  blocks, counts = np.array(layout.kv_blocks), np.array(layout.kv_count)
+  blocks[row] = ids + [ids[-1]] * (blocks.shape[-1] - len(ids))
+  counts[row] = count
+  return BlockLayout(jnp.asarray(blocks), jnp.asarray(counts), layout.block_q, layout.block_kv)
+
+
+@pytest.mark.parametrize(
+  "ids, count, message",
+  [
+    ([0, 1, 4], 3, r"`layout.kv_blocks` ids must be in \[0, 4\).*got 4 at \(b, h, i\)=\(1, 0, 2\)"),
+    ([-1, 2], 2, r"`layout.kv_blocks` ids must be in \[0, 4\).*got -1 at \(b, h, i\)=\(1, 0, 2\)"),
+    ([1, 2, 1], 3, r"`layout.kv_blocks` row \(b, h, i\)=\(1, 0, 2\) lists block 1 twice"),
+    ([0, 1], 5, r"`layout.kv_count` must be in \[0, MAXN=4\], got 5 at \(b, h, i\)=\(1, 0, 2\)"),
+    ([0, 1], -1, r"`layout.kv_count` must be in \[0, MAXN=4\], got -1 at \(b, h, i\)=\(1, 0, 2\)"),
+  ],
+  ids=["id-too-large", "id-negative", "duplicate-id", "count-too-large", "count-negative"],
+)
+def test_concrete_layout_with_bad_ids_or_counts_raises_naming_the_row_and_value(ids, count, message):
+  q, k, v, _, layout = _inputs()
+  bad = _with_row(layout, (1, 0, 2), ids, count)
+  for backend in ("xla", ("pallas_triton", "pallas_tpu")):  # checked before any backend runs
+    with pytest.raises(ValueError, match=message):
+      block_sparse_attention(q, k, v, bad, backend=backend, interpret=True)
+
+
+def test_unsorted_but_valid_layout_rows_are_accepted_and_attend_the_listed_blocks():
+  q, k, v, block_mask, layout = _inputs()
+  block_mask[1, 0, 2] = [True, False, True, True]
+  reordered = _with_row(from_block_mask(block_mask, 16, 16), (1, 0, 2), [3, 0, 2], 3)
+  expected = library_attention(q, k, v, causal=True, mask=jnp.asarray(token_mask(block_mask, CASE)))
+  np.testing.assert_allclose(block_sparse_attention(q, k, v, reordered, backend="xla"), expected, atol=1e-5, rtol=1e-6)
+
+
+def test_traced_layouts_skip_the_value_check():
+  q, k, v, _, layout = _inputs()
+  bad = _with_row(layout, (1, 0, 2), [0, 7], 2)
+  jitted = jax.jit(lambda layout: block_sparse_attention(q, k, v, layout, backend="xla"))
+  assert np.isfinite(np.asarray(jitted(bad))).all()

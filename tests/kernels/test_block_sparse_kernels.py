@@ -1,4 +1,4 @@
-"""Block-sparse attention kernels (spec §5.5): each Pallas backend (the Triton-style GPU kernel and the TPU
+"""Block-sparse attention kernels: each Pallas backend (the Triton-style GPU kernel and the TPU
 kernel; interpret mode on CPU, natively on its own platform) against `jaxagents.layers.attention` with the
 expanded mask and against a float64 log-sum-exp; density-1 == dense causal; permutation invariance; determinism."""
 
@@ -154,7 +154,8 @@ def test_kernel_is_bitwise_deterministic(backend):
 
 @pytest.mark.skipif(TPUInterpretParams is None, reason="this jax has no pltpu.InterpretParams")
 def test_tpu_kernel_under_tpu_simulating_interpreter_matches_dense_attention():
-  # The TPU interpreter simulates SMEM/VMEM and DMAs and NaN-fills uninitialised buffers (spec §3).
+  # The TPU interpreter simulates SMEM/VMEM and DMAs and NaN-fills uninitialised buffers
+  # (`pltpu.InterpretParams`).
   case = Case(batch=1, seq_len=256, num_q_heads=2, num_kv_heads=1, head_dim=32, block_q=64, block_kv=64)
   q, k, v = qkv(case)
   block_mask = random_block_mask(case, density=0.6)

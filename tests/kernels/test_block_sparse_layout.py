@@ -1,4 +1,4 @@
-"""BlockLayout: building from a block mask keeps the §5.1 contract (sorted, counted, padding repeats the last
+"""BlockLayout: building from a block mask keeps the `layout.py` contract (sorted, counted, padding repeats the last
 id), expands back to the same mask, and bad layouts are refused with ValueErrors naming the field."""
 
 import jax
@@ -77,7 +77,7 @@ def _layout(blocks, count, block_q=8, block_kv=8):
     ([[[[0, 4]]]], [[[2]]], r"ids must be in \[0, 4\)"),  # T=32 / block_kv=8 -> 4 blocks
     ([[[[-1, 1]]]], [[[2]]], r"ids must be in \[0, 4\)"),
     ([[[[2, 1]]]], [[[2]]], "strictly increasing"),
-    ([[[[1, 1]]]], [[[2]]], "strictly increasing"),  # a duplicate would be counted twice
+    ([[[[1, 1]]]], [[[2]]], "lists block 1 twice"),  # a duplicate would be counted twice
     ([[[[1, 2, 0]]]], [[[2]]], "padding"),
     ([[[[3, 0]]]], [[[0]]], "padding"),  # empty rows pad with 0
   ],

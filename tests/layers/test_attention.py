@@ -333,3 +333,16 @@ def test_dtype_mismatch_raises_value_error_naming_q_k_v():
   q, k, v = _qkv()
   with pytest.raises(ValueError, match="`q`, `k`, `v` must share one dtype.*bfloat16"):
     attention(q, k.astype(jnp.bfloat16), v)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.bool_], ids=["int32", "bool"])
+def test_non_floating_inputs_raise_value_error_naming_q_and_the_dtype(dtype):
+  q, k, v = (x.astype(dtype) for x in _qkv())
+  with pytest.raises(ValueError, match=f"`q` must be a floating dtype.*got {np.dtype(dtype).name}"):
+    attention(q, k, v)
+
+
+def test_non_floating_values_raise_value_error_naming_v():
+  q, k, v = _qkv()
+  with pytest.raises(ValueError, match="`v` must be a floating dtype.*got int32"):
+    attention(q, k, v.astype(np.int32))

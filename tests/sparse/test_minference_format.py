@@ -1,6 +1,7 @@
-"""MInference's per-head pattern files (spec §1.5, `jaxagents.sparse.minference_format`): a hand-written file in
-MInference's published shape (`minference_tiny_config.json`, one dict per layer, head -> [pattern, v_size,
-s_size, score]) reads into the expected head entries; `stream_llm` becomes an A-shape whose layout lists exactly
+"""MInference's per-head pattern files (microsoft/MInference `minference/configs/`,
+`jaxagents.sparse.minference_format`): a hand-written file in MInference's published shape
+(`minference_tiny_config.json`, one dict per layer, head -> [pattern, v_size, s_size, score]) reads into the
+expected head entries; `stream_llm` becomes an A-shape whose layout lists exactly
 the blocks MInference's streaming kernel touches; unknown patterns and malformed entries raise ValueErrors naming
 the layer and head; the writer round-trips and refuses what MInference cannot run."""
 
@@ -115,3 +116,11 @@ def test_writer_refuses_what_minference_cannot_run(entry, block):
   config = SparseAttentionConfig.from_layers([[ok, ok], [ok, entry]], block_q=block, block_kv=block)
   with pytest.raises(ValueError, match="layer 1 head 1"):
     to_minference(config)
+
+
+def test_malformed_json_raises_a_value_error_naming_the_file(tmp_path):
+  path = tmp_path / "broken_pattern.json"
+  path.write_text('[{"0": ["vertical_and_slash", 1000, 6096, 0.9],}]')
+  with pytest.raises(ValueError, match=r"broken_pattern\.json.*not valid JSON") as raised:
+    load_minference(path)
+  assert isinstance(raised.value.__cause__, json.JSONDecodeError)

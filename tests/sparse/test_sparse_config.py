@@ -1,4 +1,4 @@
-"""`SparseAttentionConfig` (spec §5.4 config format): JSON save/load round trips every field and writes
+"""`SparseAttentionConfig` (`jaxagents.sparse.config` format): JSON save/load round trips every field and writes
 atomically; equal configs are equal and hash equal whatever the key order of their entries (so jit specializes
 on them once); entries come back as fresh dicts; bad files and bad layers raise ValueErrors that say what is
 wrong."""
@@ -89,3 +89,11 @@ def _file(**changes):
 def test_bad_files_raise_value_errors_that_say_what_is_wrong(data, message):
   with pytest.raises(ValueError, match=message):
     SparseAttentionConfig.from_dict(data)
+
+
+def test_malformed_json_raises_a_value_error_naming_the_file(tmp_path):
+  path = tmp_path / "broken_sparse.json"
+  path.write_text('{"format": "jaxagents.sparse/1", "layers": [')
+  with pytest.raises(ValueError, match=r"broken_sparse\.json.*not valid JSON") as raised:
+    SparseAttentionConfig.load(path)
+  assert isinstance(raised.value.__cause__, json.JSONDecodeError)
