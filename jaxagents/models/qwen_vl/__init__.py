@@ -1,4 +1,5 @@
-"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL in Flax linen (spec: ../shared/specs/vlm.md).
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL in Flax linen (arXiv 2409.12191, 2502.13923, 2511.21631), matching
+transformers 5.23's `models/qwen2_vl`, `models/qwen2_5_vl` and `models/qwen3_vl`.
 
 Typical use: `config, params = load_params(checkpoint_dir)`; on the host, `preprocess_images` /
 `preprocess_video` and `expand_prompt`, then `prepare_inputs` (positions + vision layout, with named errors);

@@ -4,7 +4,8 @@ One dataclass per part (`TextConfig`, `VisionConfig`) and one for the whole mode
 accepts the nested transformers 5.x form and the flat legacy form (text keys at the top level, `rope_scaling`
 with `{"type": "mrope", "mrope_section": ...}`); `to_hf` writes the 5.23 nested form. Field differences between
 the families are spelled out as fields (norm kind, gated MLP, biases, QK-norm, M-RoPE layout) so the modules
-branch on features, never on family names. See ../shared/specs/vlm.md §1 for the table this follows.
+branch on features, never on family names. The fields follow transformers'
+`Qwen2VLConfig`, `Qwen2_5_VLConfig` and `Qwen3VLConfig`.
 """
 
 from __future__ import annotations
@@ -34,8 +35,14 @@ class TextConfig:
   mrope_section: tuple[int, ...] = (16, 24, 24)
   mrope_interleaved: bool = False  # Qwen3-VL: THWTHW...; Qwen2/2.5-VL: chunked TTT..HHH..WWW
   qkv_bias: bool = True  # Qwen2 decoder: biases on q, k, v
+  out_bias: bool = False  # Qwen3 decoder with `attention_bias`: a bias on o too (q, k, v, o all get one)
   qk_norm: bool = False  # Qwen3 decoder: per-head RMSNorm on q and k before RoPE
   activation: str = "silu"
+  # Not used by the network; kept so that a saved config.json says what the loaded one said (None: not given).
+  max_position_embeddings: int | None = None
+  bos_token_id: int | None = None
+  eos_token_id: int | tuple[int, ...] | None = None
+  pad_token_id: int | None = None
 
   def __post_init__(self):
     if sum(self.mrope_section) != self.head_dim // 2:
@@ -84,6 +91,10 @@ class VisionConfig:
     bad = [i for i in (*self.deepstack_indexes, *self.fullatt_block_indexes) if not 0 <= i < self.depth]
     if bad:
       raise ValueError(f"vision block indexes {bad} are outside [0, depth={self.depth}).")
+    if len(set(self.deepstack_indexes)) != len(self.deepstack_indexes):
+      raise ValueError(
+        f"vision deepstack_visual_indexes: expected distinct blocks, got {list(self.deepstack_indexes)}."
+      )
 
   @property
   def head_dim(self) -> int:
@@ -152,14 +163,25 @@ class QwenVLConfig:
       num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
       rms_norm_eps=t.rms_norm_eps, hidden_act=t.activation, rope_parameters=rope,
     )
+    for name in ("max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"):
+      value = getattr(t, name)
+      if value is not None:
+        text[name] = list(value) if isinstance(value, tuple) else value
     if self.family == "qwen3_vl":
       text.update(head_dim=t.head_dim, attention_bias=t.qkv_bias)
+    biases = {"qkv_bias": t.qkv_bias, "out_bias": t.out_bias}
+    if biases != _attention_biases(self.family, t.qkv_bias):
+      raise ValueError(
+        f"text qkv_bias/out_bias: a {self.family} config.json can only express "
+        f"{_attention_biases(self.family, t.qkv_bias)}, got {biases}."
+      )
     vision = dict(
       depth=v.depth, num_heads=v.num_heads, patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
       spatial_merge_size=v.merge_size, in_channels=v.in_channels, hidden_act=v.activation,
+      rope_parameters={"rope_type": "axial", "rope_theta": v.rope_theta},
     )
     if self.family == "qwen2_vl":
-      vision.update(embed_dim=v.width, hidden_size=v.out_dim, mlp_ratio=v.mlp_dim // v.width)
+      vision.update(embed_dim=v.width, hidden_size=v.out_dim, mlp_ratio=_int_if_whole(v.mlp_dim / v.width))
     else:
       vision.update(hidden_size=v.width, intermediate_size=v.mlp_dim, out_hidden_size=v.out_dim)
     if self.family == "qwen2_5_vl":
@@ -177,7 +199,7 @@ class QwenVLConfig:
 
 
 def _int_if_whole(x: float) -> int | float:
-  return int(x) if float(x).is_integer() else x  # transformers types tokens_per_second as int
+  return int(x) if float(x).is_integer() else x  # transformers types tokens_per_second and mlp_ratio as int
 
 
 _ARCHITECTURES = {
@@ -208,6 +230,17 @@ def _rope(text_hf: Mapping[str, Any]) -> dict[str, Any]:
   return rope
 
 
+def _attention_biases(family: str, attention_bias: bool) -> dict[str, bool]:
+  """Which decoder projections have biases, as transformers builds them.
+
+  Qwen3-VL's `attention_bias` switches biases on q, k, v and o together (`Qwen3VLTextAttention`); the Qwen2
+  decoder of Qwen2/2.5-VL always has q/k/v biases and no o bias, and does not read `attention_bias`.
+  """
+  if family == "qwen3_vl":
+    return {"qkv_bias": attention_bias, "out_bias": attention_bias}
+  return {"qkv_bias": True, "out_bias": False}
+
+
 def _text_from_hf(text_hf: Mapping[str, Any], family: str) -> TextConfig:
   if text_hf.get("use_sliding_window"):
     raise ValueError("text use_sliding_window: sliding-window attention is not supported; set it to false.")
@@ -229,9 +262,13 @@ def _text_from_hf(text_hf: Mapping[str, Any], family: str) -> TextConfig:
     rope_theta=float(rope["rope_theta"]),
     mrope_section=tuple(rope["mrope_section"]),
     mrope_interleaved=qwen3,  # transformers 5.23 always interleaves for Qwen3-VL (the flag is not read)
-    qkv_bias=bool(text_hf.get("attention_bias", False)) if qwen3 else True,
+    **_attention_biases(family, bool(text_hf.get("attention_bias", False))),
     qk_norm=qwen3,
     activation=text_hf.get("hidden_act", "silu"),
+    max_position_embeddings=text_hf.get("max_position_embeddings"),
+    bos_token_id=text_hf.get("bos_token_id"),
+    eos_token_id=tuple(eos) if isinstance(eos := text_hf.get("eos_token_id"), list) else eos,
+    pad_token_id=text_hf.get("pad_token_id"),
   )
 
 

@@ -1,4 +1,5 @@
-"""transformers checkpoints <-> Flax params for Qwen2-VL / Qwen2.5-VL / Qwen3-VL (../shared/specs/vlm.md §2).
+"""transformers checkpoints <-> Flax params for Qwen2-VL / Qwen2.5-VL / Qwen3-VL (transformers 5.23
+`save_pretrained` layouts).
 
 Conversion is one table, `RULES`: an HF key template (after the family's prefix, `{i}` a layer index) -> our
 param path(s) and a pair of exact inverse transforms. Loading streams tensor by tensor from (sharded)
@@ -25,6 +26,7 @@ import jax
 import numpy as np
 
 from jaxagents.models.qwen_vl.config import QwenVLConfig
+from jaxagents.sharding import unbox
 
 Array = np.ndarray
 Params = dict[str, Any]
@@ -122,7 +124,7 @@ RULES: tuple[Rule, ...] = (
   Rule(_TEXT, "embed_tokens.weight", ("text/embed/embedding",)),
   *[r for p in "qkv" for r in _linear(_TEXT, f"layers.{{i}}.self_attn.{p}_proj", f"{_T}/attn/{p}", bias=False)],
   *[Rule(_TEXT, f"layers.{{i}}.self_attn.{p}_proj.bias", (f"{_T}/attn/{p}/bias",)) for p in "qkv"],
-  *_linear(_TEXT, "layers.{i}.self_attn.o_proj", f"{_T}/attn/o", bias=False),
+  *_linear(_TEXT, "layers.{i}.self_attn.o_proj", f"{_T}/attn/o"),  # the bias only where out_bias (Qwen3-VL)
   *_norm(_TEXT, "layers.{i}.self_attn.q_norm", f"{_T}/attn/q_norm", Q3),
   *_norm(_TEXT, "layers.{i}.self_attn.k_norm", f"{_T}/attn/k_norm", Q3),
   *[r for p in ("gate", "up", "down") for r in _linear(_TEXT, f"layers.{{i}}.mlp.{p}_proj", f"{_T}/mlp/{p}",
@@ -285,8 +287,10 @@ def _preview(keys: list[str], limit: int = 8) -> str:
 def params_to_hf(params: Params, config: QwenVLConfig, dtype: Any = None) -> Iterator[tuple[str, Array]]:
   """Yields (HF key, numpy array) in the family's native layout, one tensor at a time.
 
-  `params` is the nested `params` collection (with or without the outer {'params': ...}).
+  `params` is the nested `params` collection (with or without the outer {'params': ...}), plain arrays or the
+  `LogicallyPartitioned` boxes that `QwenVL(config).init` returns.
   """
+  params = unbox(params)
   params = params.get("params", params)
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
   shapes = {k: tuple(np.shape(v)) for k, v in flat.items()}
@@ -308,11 +312,20 @@ _INDEX = "model.safetensors.index.json"
 
 
 def checkpoint_files(directory: str) -> list[str]:
-  """The safetensors files of an HF checkpoint directory (from its index when sharded)."""
+  """The safetensors files of an HF checkpoint directory (from its index when sharded).
+
+  Raises ValueError for an index entry that leads outside `directory` (see `_inside`).
+  """
   index = os.path.join(directory, _INDEX)
   if os.path.exists(index):
     with open(index) as f:
       names = sorted(set(json.load(f)["weight_map"].values()))
+    for name in names:
+      if not _inside(directory, name):
+        raise ValueError(
+          f"checkpoint index {index!r}: weight_map entry {name!r} is outside the checkpoint directory "
+          f"{directory!r}; shards must be files of that directory, named relative to it."
+        )
     return [os.path.join(directory, n) for n in names]
   single = os.path.join(directory, "model.safetensors")
   if os.path.exists(single):
@@ -326,14 +339,41 @@ def checkpoint_files(directory: str) -> list[str]:
   return [os.path.join(directory, n) for n in found]
 
 
+def _inside(directory: str, name: str) -> bool:
+  """Whether the index entry `name` names a file under `directory`: not absolute, no `..` out of it, and no
+  directory on the way that is a symlink leading out.
+
+  The file itself may be a symlink anywhere: huggingface_hub's cache stores every file of a snapshot as a link
+  to `../../blobs/<hash>`. Only the index's own naming (and the directories it walks through) is confined.
+  """
+  if os.path.isabs(name):
+    return False
+  root = os.path.realpath(directory)
+  parent = os.path.realpath(os.path.join(directory, os.path.dirname(name)))
+  lexical = os.path.normpath(os.path.join(root, name))
+  return all(os.path.commonpath([root, p]) == root for p in (parent, lexical)) and lexical != root
+
+
 def iter_safetensors(directory: str) -> Iterator[tuple[str, Array]]:
-  """Streams (key, numpy array) from every safetensors file of a checkpoint, one tensor in memory at a time."""
-  from safetensors import safe_open
+  """Streams (key, numpy array) from every safetensors file of a checkpoint, one tensor in memory at a time.
+
+  Raises ValueError naming the file when one is not valid safetensors (truncated, corrupt), with safetensors'
+  own error as its `__cause__`.
+  """
+  from safetensors import SafetensorError, safe_open
 
   for path in checkpoint_files(directory):
-    with safe_open(path, framework="numpy") as f:
+    try:
+      handle = safe_open(path, framework="numpy")  # parses and checks the header
+    except SafetensorError as error:
+      raise ValueError(f"checkpoint file {path!r}: not a readable safetensors file ({error}).") from error
+    with handle as f:
       for key in f.keys():
-        yield key, f.get_tensor(key)
+        try:
+          tensor = f.get_tensor(key)
+        except SafetensorError as error:
+          raise ValueError(f"checkpoint file {path!r}: cannot read tensor {key!r} ({error}).") from error
+        yield key, tensor
 
 
 def load_config(directory: str, mrope_mode: str = "qwen") -> QwenVLConfig:

@@ -1,6 +1,6 @@
 """Batched prefill + decode for `QwenVL` under one `jax.jit`: preallocated KV cache, static shapes, one compile.
 
-Design (../shared/specs/vlm.md §5): prompts are **left-padded** to a common length L (`generate` rolls
+Design: prompts are **left-padded** to a common length L (`generate` rolls
 right-padded rows into that layout), so every row writes its
 next token to the same cache slot L + s. The prefill runs the vision tower once and fills slots [0, L); each
 decode step feeds one token per row at slot L + s with M-RoPE position `decode_base + 1 + s` on all three axes

@@ -1,8 +1,9 @@
-"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL: vision tower + decoder LLM (../shared/specs/vlm.md §1).
+"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL: vision tower + decoder LLM (arXiv 2409.12191, 2502.13923, 2511.21631;
+transformers `models/qwen2_vl/modeling_qwen2_vl.py` and its Qwen2.5-VL / Qwen3-VL siblings).
 
 `QwenVL.__call__` embeds the tokens, runs the vision tower once on every image and video patch of the batch,
 scatters the merged features into the placeholder tokens (row-major over (batch, sequence), images first, then
-videos, as transformers' `masked_scatter` does, §1.3), and runs the decoder with M-RoPE positions computed on the
+videos, as transformers' `masked_scatter` does), and runs the decoder with M-RoPE positions computed on the
 host (`positions.rope_index`). Qwen3-VL's DeepStack features go to the same placeholders after the first
 decoder layers. With a `KVCache` the same call is the prefill (L prompt tokens at slot 0, vision inputs given)
 or a decode step (new tokens at slot `cache_index`, no vision inputs): one graph for rollout and training.
@@ -35,7 +36,8 @@ Dtype = Any
 def scatter_features(
   embeds: jax.Array, input_ids: jax.Array, features: jax.Array, image_token_id: int, video_token_id: int
 ) -> jax.Array:
-  """Replaces placeholder embeddings by vision features, in transformers' order (vlm.md §1.3).
+  """Replaces placeholder embeddings by vision features, in transformers' order
+  (`get_placeholder_mask`, then `masked_scatter`).
 
   The k-th image placeholder in row-major (batch, sequence) order takes `features[k]`; the k-th video
   placeholder takes `features[num_image_placeholders + k]` (the tower saw images first, then videos). Padding

@@ -1,8 +1,8 @@
 """M-RoPE position ids of the Qwen-VL family (transformers' `get_rope_index`), computed on the host in numpy.
 
-Implements ../shared/specs/vlm.md §1.5 for Qwen2-VL, Qwen2.5-VL and Qwen3-VL. Each row keeps only its valid
-(attention mask 1) tokens, which split into maximal runs of one token type (0 text, 1 image pad, 2 video pad;
-§3.4). A run starts at position `start`:
+M-RoPE of Qwen2-VL (arXiv 2409.12191, Sec. 2.1) for Qwen2-VL, Qwen2.5-VL and Qwen3-VL. Each row keeps only its valid
+(attention mask 1) tokens, which split into maximal runs of one token type (0 text, 1 image pad, 2 video pad,
+as transformers' `ProcessorMixin.create_mm_token_type_ids` marks them). A run starts at position `start`:
 
 * text run of n tokens: all three axes get start, ..., start + n - 1;
 * vision run of grid (t, h, w), h' = h / m, w' = w / m (m = `vision.merge_size`), tokens in (t, h', w') row-major
@@ -12,16 +12,17 @@ Implements ../shared/specs/vlm.md §1.5 for Qwen2-VL, Qwen2.5-VL and Qwen3-VL. E
 * Qwen3-VL first splits each video grid (t, h, w) into t frame grids (1, h, w): its prompts put a timestamp and
   vision start/end tokens around every frame, so each frame is a run of its own.
 
-Where the next run starts is the difference between the two modes (§1.5; the choice between them is [R]):
+Where the next run starts is the difference between the two modes (the default, "qwen", is our choice):
 
 * `"hf"` (transformers 5.23): after a text run start += n, after a vision run start += max(h', w').
 * `"qwen"` (original Qwen code, vLLM, transformers <= 5.2): every run starts at max(all previous positions) + 1.
 
 They agree for text, images (t = 1, as processors make them) and every Qwen3-VL input, and differ for Qwen2/2.5-VL
-video (and t > 1 image grids) whenever the temporal positions outrun the spatial extent (oracle B of §1.5).
+video (and t > 1 image grids) whenever the temporal positions outrun the spatial extent
+(`test_oracle_b_qwen2_5_vl_video_modes_differ_after_the_block` in `tests/models/qwen_vl/test_positions.py`).
 Pads (mask 0) get position 0, as in transformers.
 
-Decoding continues from `decode_base` [3, B] (§5, the layout is our choice [R]): step s of row b gets
+Decoding continues from `decode_base` [3, B] (a layout of our choosing): step s of row b gets
 `decode_base[:, b] + 1 + s`. In "qwen" mode all three axes of `decode_base` equal the row's largest prompt position
 (vLLM's `delta + context_len`); in "hf" mode they are the last valid prompt token's own positions, per axis, which is
 what `generate` in 5.23 does (`generation/utils.py` `_update_model_kwargs_for_generation` extends `position_ids`
@@ -32,8 +33,9 @@ rather than a `rope_deltas` cached on a module, is what makes it batch-safe (tra
 Unlike transformers, placeholder counts are checked here: each image (video, Qwen3-VL frame) run must hold exactly
 its grid's t*h*w/merge_size**2 pads, so a wrong grid, a missing item, or a vision span cut by truncation (trl #5785,
 EasyR1 #110) raises ValueError naming the item instead of producing shifted positions. Pad tokens under mask 0 also
-raise (the feature scatter of §1.3 would still fill them). `mm_token_type_ids` is derived from `input_ids` when not
-given: the only information it carries is where the pad tokens are, so there is nothing to fall back from.
+raise (transformers' `masked_scatter` of the features would still fill them). `mm_token_type_ids` is derived from
+`input_ids` when not given: the only information it carries is where the pad tokens are, so there is nothing to
+fall back from.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ MODES = ("qwen", "hf")
 def mm_token_type_ids(input_ids: Any, cfg) -> np.ndarray:
   """Token types as transformers' `create_mm_token_type_ids`: 1 at image pads, 2 at video pads, 0 elsewhere.
 
-  Only the pad tokens are marked; vision start/end and Qwen3-VL timestamp tokens are text (vlm.md §3.4).
+  Only the pad tokens are marked; vision start/end and Qwen3-VL timestamp tokens are text.
   input_ids: integer array of any shape. Returns an int32 array of the same shape.
   """
   ids = np.asarray(input_ids)

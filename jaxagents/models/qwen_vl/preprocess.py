@@ -1,24 +1,25 @@
 """Image and video preprocessing of the Qwen-VL family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) in numpy + PIL.
 
-Implements ../shared/specs/vlm.md §3 the way transformers 5.23 does, without torch or torchvision at run time:
+Follows the transformers 5.23 Qwen-VL processors step by step, without torch or torchvision at run time:
 
-* `smart_resize` (§3.1, `models/qwen2_vl/image_processing_pil_qwen2_vl.py`): both sides become multiples of
+* `smart_resize` (`models/qwen2_vl/image_processing_pil_qwen2_vl.py`): both sides become multiples of
   F = patch * merge with h*w in [min_pixels, max_pixels]; `round` is Python's banker's rounding. Qwen3-VL video
   uses `smart_resize_video` (`models/qwen3_vl/video_processing_qwen3_vl.py`), whose pixel budget is over t*h*w.
-* `preprocess_images` (§3.3): convert to RGB (transparency over white), PIL bicubic resize on uint8, x / 255,
+* `preprocess_images`: convert to RGB (transparency over white), PIL bicubic resize on uint8, x / 255,
   (x - mean) / std, then patches [gh*gw, C*T*p*p] in merge-block order with the frame repeated T times. The
   numerics follow `Qwen2VLImageProcessorPil` step by step (float64 rescale cast to float32, float32 normalize).
-* `sample_frame_indices` (§3.4): Qwen2/2.5-VL `Qwen2VLVideoProcessor.sample_frames` (floor(k*T/n)) and Qwen3-VL
+* `sample_frame_indices`: Qwen2/2.5-VL `Qwen2VLVideoProcessor.sample_frames` (floor(k*T/n)) and Qwen3-VL
   `Qwen3VLVideoProcessor.sample_frames` (round(linspace(0, T-1, n))).
-* `preprocess_video` (§3.3, §3.4): sample, resize every frame, normalize, pad T to a multiple of the temporal patch by
+* `preprocess_video`: sample, resize every frame, normalize, pad T to a multiple of the temporal patch by
   repeating the last frame, patches [gt*gh*gw, C*T*p*p]; plus Qwen2.5-VL `second_per_grid_ts` = T_p / sampled_fps or
   Qwen3-VL timestamps (indices padded like the frames, idx / fps, mean of the first and last of each group).
-* `expand_prompt` (§3.4): each `<|image_pad|>` / `<|video_pad|>` becomes t*h*w / merge^2 pads; Qwen3-VL videos
-  become `<{t:.1f} seconds><|vision_start|>pads<|vision_end|>` per temporal group.
+* `expand_prompt` (the processors' `replace_image_token` / `replace_video_token`): each `<|image_pad|>` /
+  `<|video_pad|>` becomes t*h*w / merge^2 pads; Qwen3-VL videos become
+  `<{t:.1f} seconds><|vision_start|>pads<|vision_end|>` per temporal group.
 
-[R] (our choices, not transformers'): video frames are resized with PIL bicubic on uint8 like images; transformers
-resizes videos with torchvision (antialiased bicubic on tensors), so video pixels differ slightly from its output
-(§3.3), while frame choice, grids, layout and timing match. Qwen2-VL sampling uses exact integer floor(k*T/n);
+Our choices, not transformers': video frames are resized with PIL bicubic on uint8 like images; transformers
+resizes videos with torchvision (antialiased bicubic on tensors), so video pixels differ slightly from its output,
+while frame choice, grids, layout and timing match. Qwen2-VL sampling uses exact integer floor(k*T/n);
 transformers' float32 `torch.arange(0, T, T/n)` agrees on every index it shares but sometimes returns n+1 indices,
 the last one out of range (e.g. T=17, n=14). Inputs transformers would silently default (no video fps: 24) raise here.
 """
@@ -50,7 +51,7 @@ MAX_ASPECT_RATIO = 200
 
 @dataclasses.dataclass(frozen=True)
 class ImageOptions:
-  """Image processor settings. `for_family` gives the hub `preprocessor_config.json` values of vlm.md §3.2.
+  """Image processor settings. `for_family` gives the released checkpoints' `preprocessor_config.json` values.
 
   Hub values (not the transformers class defaults 3136 / 1003520):
     Qwen2-VL, Qwen2.5-VL: min/max pixels 3136 / 12845056 (28*28*16384), CLIP mean/std, patch 14.
@@ -95,7 +96,7 @@ class ImageOptions:
 
 @dataclasses.dataclass(frozen=True)
 class VideoOptions(ImageOptions):
-  """Video processor settings. `for_family` gives vlm.md §3.2's hub column; `from_hf` reads a processor config.
+  """Video processor settings. `for_family` gives the released checkpoints' values; `from_hf` reads a processor config.
 
   Pixel budget: Qwen2/2.5-VL apply [min_pixels, max_pixels] to each frame; Qwen3-VL to t*h*w (t = sampled frames).
   `cap_pixels_per_frame` adds the qwen-vl-utils cap (transformers' flag of the same name):
@@ -131,7 +132,7 @@ class VideoOptions(ImageOptions):
 
   @classmethod
   def for_family(cls, family: Any) -> VideoOptions:
-    """Hub (vlm.md §3.2) defaults of `family` (a name in FAMILIES or a config with `.family`)."""
+    """Released-checkpoint defaults of `family` (a name in FAMILIES or a config with `.family`)."""
     if _family(family) == "qwen3_vl":
       return cls(min_pixels=4096, max_pixels=25165824, mean=HALF, std=HALF, patch_size=16, do_sample_frames=True,
                  max_video_tokens=768)
@@ -151,7 +152,7 @@ class VideoOptions(ImageOptions):
 
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 3136,
                  max_pixels: int = 12845056) -> tuple[int, int]:
-  """(height, width) -> resized (h, w), both multiples of `factor`, h*w within [min_pixels, max_pixels] (§3.1).
+  """(height, width) -> resized (h, w), both multiples of `factor`, h*w within [min_pixels, max_pixels].
 
   Step 1 rounds each side to the nearest multiple (banker's rounding); a product above max_pixels shrinks both sides
   by sqrt(h*w / max_pixels) and floors (never below `factor`); one below min_pixels grows them and ceils.
@@ -218,7 +219,7 @@ def preprocess_images(images: Sequence[Any], options: ImageOptions | None = None
   """Images -> (pixel_values [sum gh*gw, C*T*p*p] float32, image_grid_thw [n, 3] int64 rows (1, gh, gw)).
 
   images: a list of PIL images (any mode) or uint8 arrays [H, W], [H, W, 1|3|4]. Patch rows are concatenated in
-  list order, each image in merge-block order (§3.3).
+  list order, each image in merge-block order.
   """
   options = options or ImageOptions()
   if isinstance(images, (Image.Image, np.ndarray)) or not isinstance(images, Sequence):
@@ -238,7 +239,7 @@ def preprocess_images(images: Sequence[Any], options: ImageOptions | None = None
 
 def sample_frame_indices(num_frames: int, video_fps: float | None, family: Any, options: VideoOptions | None = None,
                          fps: float | None = None, num_frames_target: int | None = None) -> np.ndarray:
-  """Indices [n] int64 of the frames to keep from a video of `num_frames` frames recorded at `video_fps` (§3.4).
+  """Indices [n] int64 of the frames to keep from a video of `num_frames` frames recorded at `video_fps`.
 
   Target: `num_frames_target` frames, or `fps` frames per second (mutually exclusive); with neither, the options'
   `num_frames` if set, else its `fps`.
@@ -501,7 +502,7 @@ def _normalize(rgb: np.ndarray, options: ImageOptions) -> np.ndarray:
 
 
 def _patchify(video: np.ndarray, options: ImageOptions) -> tuple[np.ndarray, list[int]]:
-  """[T, C, H, W] -> ([gt*gh*gw, C*Tp*p*p], [gt, gh, gw]) (§3.3).
+  """[T, C, H, W] -> ([gt*gh*gw, C*Tp*p*p], [gt, gh, gw]), the layout of `Qwen2VLImageProcessorPil._preprocess`.
 
   T is padded to a multiple of Tp by repeating the last frame (an image, T = 1, becomes Tp copies). Rows are in
   (t, h-block, w-block, h-in-block, w-in-block) order, so each merge_size^2 run of rows is one merged token; a row

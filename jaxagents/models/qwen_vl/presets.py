@@ -1,8 +1,9 @@
 """Released Qwen-VL shapes as transformers config dicts (the values of the hub `config.json` files), for
 `QwenVLConfig.from_hf`, full-size shape tests (`jax.eval_shape`) and benchmarks with random weights.
 
-Sizes: ../shared/specs/vlm.md §1.1 (Qwen2/2.5-VL-7B 8.29B parameters, 0.68B of them vision; Qwen3-VL-8B
-8.767B, 0.576B vision; Qwen3-VL-8B `intermediate_size` 12288 reproduces the published count [R]).
+Sizes: Qwen2/2.5-VL-7B 8.29B parameters, 0.68B of them vision; Qwen3-VL-8B 8.767B, 0.576B vision. Qwen3-VL-8B's
+`intermediate_size` 12288 is a reconstruction, not read from its hub file: it reproduces the published parameter
+count, while the transformers class default 22016 does not.
 """
 
 _TOKENS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,

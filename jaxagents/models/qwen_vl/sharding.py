@@ -1,4 +1,5 @@
-"""How Qwen-VL params and caches spread over the (data, fsdp, tensor) mesh (../shared/specs/vlm.md §6).
+"""How Qwen-VL params and caches spread over the (data, fsdp, tensor) mesh (logical names as in maxtext
+`src/maxtext/configs/base.yml` `logical_axis_rules`).
 
 The text decoder uses the library's logical names as they are (`jaxagents.sharding.DEFAULT_RULES`: embed over
 fsdp; heads, kv_heads, mlp and vocab over tensor; the KV cache's heads over tensor). The vision tower is built

@@ -1,5 +1,5 @@
-"""What MMInference's offline search needs from a Qwen-VL prefill (arXiv 2504.16083; spec
-../shared/specs/mminference_pallas.md §1.3 modality boundaries, §5.4 offline search): the modality of every
+"""What MMInference's offline search needs from a Qwen-VL prefill (arXiv 2504.16083: its
+modality-boundary heads and its offline per-head search): the modality of every
 token and every decoder layer's attention inputs.
 
     inputs = prepare_inputs(config, input_ids, attention_mask, pixel_values_videos=..., video_grid_thw=...)

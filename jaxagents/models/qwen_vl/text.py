@@ -1,12 +1,13 @@
 """The Qwen-VL decoder LLM: the Qwen2 decoder (Qwen2/2.5-VL: q/k/v biases, chunked M-RoPE) and the Qwen3
 decoder (Qwen3-VL: per-head QK RMSNorm before RoPE, interleaved M-RoPE), from the shared `TransformerBlock`.
-Table: ../shared/specs/vlm.md §1.1, §1.4; DeepStack injection §1.2 (Qwen3-VL).
+Reference: transformers `models/qwen2_vl/modeling_qwen2_vl.py` and `models/qwen3_vl/modeling_qwen3_vl.py`;
+DeepStack injection as `Qwen3VLTextModel._deepstack_process` (Qwen3-VL, arXiv 2511.21631).
 
 Blocks are scanned (`nn.scan`, params stacked on a leading 'layers' axis) and so is the KV cache
 ([L, B, S_max, Hk, D]), so prefill and decode are the same graph: the rollout log-probs and the training
 recompute come from one function.
 
-MMInference sparse prefill (arXiv 2504.16083; ../shared/specs/mminference_pallas.md §5.3): with a
+MMInference sparse prefill (arXiv 2504.16083): with a
 `sparse_config`, a prefill (no cache, or a cache written from the static slot 0) runs `attention(backend='sparse')`
 with layer l's head entries; decode steps stay dense. One scanned body serves every layer, so the distinct layer
 configs become `jax.lax.switch` branches selected by the scanned layer index (identical layers share a branch);
@@ -62,8 +63,9 @@ class _DecoderLayer(nn.Module):
         sparse = {"modality_ids": modality_ids, "sparse_index": jnp.asarray(branch_of_layer)[layer_index]}
     out = layers.TransformerBlock(
       num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim, mlp_dim=c.intermediate_size,
-      norm="rms", activation=c.activation, gated_mlp=True, qkv_bias=c.qkv_bias, qk_norm=c.qk_norm,
-      norm_eps=c.rms_norm_eps, backend=self.backend, sparse_configs=branches, dtype=self.dtype, name="block",
+      norm="rms", activation=c.activation, gated_mlp=True, qkv_bias=c.qkv_bias, out_bias=c.out_bias,
+      qk_norm=c.qk_norm, norm_eps=c.rms_norm_eps, backend=self.backend, sparse_configs=branches, dtype=self.dtype,
+      name="block",
     )(x, angles, causal=True, kv_mask=kv_mask, cache=cache, cache_index=cache_index, **sparse)
     x, cache = out if cache is not None else (out, None)
     if deepstack is not None:

@@ -1,5 +1,6 @@
 """The Qwen-VL vision tower (Qwen2-VL, arXiv 2409.12191 Sec. 2.1; Qwen2.5-VL, arXiv 2502.13923 Sec. 2.1;
-Qwen3-VL DeepStack), composed from the shared layers. Table: ../shared/specs/vlm.md §1.2.
+Qwen3-VL, arXiv 2511.21631, DeepStack), composed from the shared layers. Reference: transformers
+`Qwen2VisionTransformerPretrainedModel`, `Qwen2_5_VisionTransformerPretrainedModel`, `Qwen3VLVisionModel`.
 
 patches -> 3-D patch embed (a Dense over the flattened (C, T, p, p) patch: the Conv3d with stride = kernel) ->
 [+ interpolated learned positions (Qwen3-VL)] -> `depth` pre-norm blocks with 2-D rotary attention inside each
@@ -78,7 +79,8 @@ class _VisionBlock(nn.Module):
 
 
 class VisionTower(nn.Module):
-  """`__call__(inputs: VisionInputs) -> (features [U, D], deepstack: tuple of [U, D])`, U = P / merge_size**2.
+  """`__call__(inputs: VisionInputs) -> (features [U, D], deepstack: tuple of [U, D])`, U = P / merge_size**2;
+  `deepstack` is in ViT-block order (sorted `deepstack_indexes`), the order the decoder layers take it in.
 
   Features come out in item order (the window permutation of Qwen2.5-VL is undone). Submodules: 'patch_embed'
   (kernel [C*T*p*p, width]), 'pos_embed' (Qwen3-VL, [N, width]), 'blocks' (scanned, params stacked on a leading
@@ -99,7 +101,8 @@ class VisionTower(nn.Module):
     unit = c.merge_size**2
     if patches.shape[0] % unit:
       raise ValueError(f"VisionTower: the patch count {patches.shape[0]} must be a multiple of {unit}")
-    # Like the Conv3d, normalized pixels are cast to the compute dtype before the projection (vlm.md §7).
+    # Like the Conv3d, normalized pixels are cast to the compute dtype before the projection
+    # (transformers `PatchEmbed.forward`).
     x = layers.Dense(c.width, axes=("patch", "embed"), use_bias=c.patch_bias, dtype=self.dtype,
                      name="patch_embed")(patches.astype(self.dtype or patches.dtype))
     if c.num_position_embeddings:
@@ -137,6 +140,9 @@ class VisionTower(nn.Module):
                   name=f"deepstack_merger_{k}")(captured[k])
       for k in range(len(c.deepstack_indexes))
     )
+    # transformers' `Qwen3VLVisionModel.forward` gives block deepstack_indexes[k] to merger k but collects the
+    # results while walking the blocks, and decoder layer j adds the j-th: the decoder sees them in block order.
+    deepstack = tuple(deepstack[k] for k in sorted(range(len(deepstack)), key=c.deepstack_indexes.__getitem__))
     if c.window_size:
       restore = jnp.argsort(window_index)
       features = features[restore]

@@ -1,6 +1,6 @@
 """Host-side (numpy) layout of the vision tower's patch sequence: everything that depends on the image grids.
 
-All images and videos of a batch go through the ViT as one flat sequence of patches (vlm.md §1.2, §5). What
+All images and videos of a batch go through the ViT as one flat sequence of patches. What
 makes that sequence attend and rotate like transformers' per-item loops is computed here, once per batch, with
 static padded shapes so the tower itself is one `jit`:
   * `patch_hw`: (row, col) of every patch in merge-block order (`vision_utils.get_vision_position_ids`).

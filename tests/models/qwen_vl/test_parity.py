@@ -110,3 +110,20 @@ def test_bf16_is_as_close_to_fp32_as_transformers_bf16(loaded):
   theirs = np.abs(ref16[mask] - ref32[mask]).max()
   assert logits.dtype == np.float32 and np.isfinite(np.asarray(logits)).all()
   assert ours <= 2 * theirs, (ours, theirs)
+
+
+@pytest.mark.parametrize("family, text, vision", [
+  # transformers' Qwen3-VL `attention_bias` puts biases on q, k, v and o.
+  ("qwen3_vl", {"attention_bias": True}, {}),
+  # DeepStack features reach the decoder in ViT-block order, whatever the order of the list.
+  ("qwen3_vl", {}, {"deepstack_visual_indexes": [2, 0]}),
+])
+def test_config_variants_match_transformers_fp32(family, text, vision, tmp_path):
+  hf = tiny.hf_model(family, config=tiny.with_changes(family, text, vision))
+  hf.save_pretrained(str(tmp_path))
+  config, params = convert.load_params(str(tmp_path), convert.load_config(str(tmp_path), mrope_mode="hf"))
+  inputs = tiny.batch(family, "images")
+  ref, positions = tiny.hf_logits(hf, inputs)
+  logits, _ = QwenVL(config).apply({"params": params}, inputs["input_ids"], positions, inputs["attention_mask"],
+                                   _vision(config, inputs))
+  assert _relative_error(logits, ref, inputs["attention_mask"].astype(bool)) < 1e-5

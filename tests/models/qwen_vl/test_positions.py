@@ -1,4 +1,4 @@
-"""M-RoPE positions (`positions.py`) against the vlm.md §1.5 oracles, transformers 5.23 `get_rope_index` and
+"""M-RoPE positions (`positions.py`) against hand-worked rows (A, B, C), transformers 5.23 `get_rope_index` and
 `generate`, an independent re-implementation of the transformers <= 5.2 rule, and hand computations."""
 
 import functools
@@ -66,7 +66,7 @@ def row_from_types(types, text_start=5):
   return [IMG if t == 1 else VID if t == 2 else text_start + i for i, t in enumerate(types)]
 
 
-# --- §1.5 oracles -------------------------------------------------------------------------------------------------
+# --- hand-worked rows ----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", ["hf", "qwen"])
@@ -102,11 +102,11 @@ def test_oracle_c_qwen3_vl_video_frames_are_separate_runs(mode):
   assert rope_deltas(positions, mask).tolist() == [0]
 
 
-# --- against transformers 5.23 on the §4 inputs ----------------------------------------------------------------------
+# --- against transformers 5.23 on tiny.py's inputs-------------------------------------------------------------------
 
 
-def section4_inputs(family, kind):
-  """(rows, image_grid, video_grid, second_per_grid_ts) of vlm.md §4 (a) text, (b) images, (c) video."""
+def parity_inputs(family, kind):
+  """(rows, image_grid, video_grid, second_per_grid_ts) of `tiny.batch`: (a) text, (b) images, (c) video."""
   if kind == "text":
     return [list(range(5, 12)), [12, 13, 14]], None, None, None
   if kind == "images":
@@ -122,8 +122,8 @@ def section4_inputs(family, kind):
 
 @pytest.mark.parametrize("kind", ["text", "images", "video"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_hf_mode_equals_transformers_on_the_spec_inputs_with_left_padding(family, kind):
-  rows, image_grid, video_grid, spg = section4_inputs(family, kind)
+def test_hf_mode_equals_transformers_on_text_image_and_video_rows_with_left_padding(family, kind):
+  rows, image_grid, video_grid, spg = parity_inputs(family, kind)
   ids, mask = pad_rows(rows, left=1)
   expected, expected_deltas = hf_rope_index(family, ids, mask, image_grid, video_grid, spg)
   positions, _ = ours(family, ids, mask, image_grid, video_grid, spg, mode="hf")
@@ -270,7 +270,7 @@ def test_random_video_rows_in_qwen_mode_equal_the_legacy_rule(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_valid_positions_do_not_depend_on_left_or_right_padding(family):
-  rows, _, video_grid, spg = section4_inputs(family, "video")
+  rows, _, video_grid, spg = parity_inputs(family, "video")
   reference = {}
   for left, right in [(0, 0), (3, 0), (0, 2), (5, 4)]:
     ids, mask = pad_rows(rows, left=left, right=right)

@@ -1,10 +1,10 @@
-"""Qwen-VL preprocessing (`preprocess.py`) against vlm.md §3 oracles and transformers 5.23 without torchvision.
+"""Qwen-VL preprocessing (`preprocess.py`) against hand-worked cases and transformers 5.23 without torchvision.
 
 References: `Qwen2VLImageProcessorPil` (pixels and grids), the Qwen2/2.5/3-VL `*Processor` classes subclassed to skip
-the video-processor class check (§3.5; prompt expansion, `mm_token_type_ids`, `second_per_grid_ts`),
+the video-processor class check ( prompt expansion, `mm_token_type_ids`, `second_per_grid_ts`),
 `Qwen3VLVideoProcessor` with resize/rescale/normalize/convert-RGB off (frame sampling, grids, patch layout,
 timestamps), the module-level `smart_resize` functions, `Qwen2VLVideoProcessor.sample_frames` executed from its source
-(its module imports torchvision), and an explicit per-patch loop written from §3.3.
+(its module imports torchvision), and an explicit per-patch loop written from `Qwen2VLImageProcessorPil._preprocess`.
 """
 
 import ast
@@ -45,7 +45,7 @@ def rng_video(t, h, w, seed=0):
                        (4000, 3000): (1148, 840), (3000, 15): (2996, 28)}),
   (32, 65536, 16777216, {(60, 90): (224, 320), (224, 224): (256, 256), (1080, 1920): (1088, 1920)}),
 ])
-def test_smart_resize_matches_spec_oracles(factor, min_px, max_px, cases):
+def test_smart_resize_matches_hand_worked_sizes(factor, min_px, max_px, cases):
   for (h, w), expected in cases.items():
     assert pp.smart_resize(h, w, factor, min_px, max_px) == expected, (h, w)
 
@@ -83,7 +83,7 @@ def test_smart_resize_equals_transformers_on_a_size_sweep():
 # ---------------------------------------------------------------------------------------------------------------
 # options
 
-def test_family_defaults_are_the_hub_values_of_spec_table():
+def test_family_defaults_are_the_released_checkpoints_processor_values():
   q2, q3 = pp.ImageOptions.for_family("qwen2_5_vl"), pp.ImageOptions.for_family("qwen3_vl")
   assert (q2.min_pixels, q2.max_pixels, q2.patch_size, q2.factor) == (3136, 28 * 28 * 16384, 14, 28)
   assert q2.mean == (0.48145466, 0.4578275, 0.40821073) and q2.std == (0.26862954, 0.26130258, 0.27577711)
@@ -230,7 +230,7 @@ def test_qwen3_frame_sampling_matches_oracle_and_video_processor(qwen3_video_pro
       np.testing.assert_array_equal(pp.sample_frame_indices(total, 25, "qwen3_vl", num_frames_target=n), expected)
 
 
-def test_timestamps_match_spec_oracle_and_qwen3_processor():
+def test_timestamps_average_each_frame_pair_and_match_the_qwen3_processor():
   from transformers import Qwen3VLProcessor
 
   assert pp.frame_timestamps([0, 2, 5, 7], 4) == [0.25, 1.5]
@@ -241,8 +241,9 @@ def test_timestamps_match_spec_oracle_and_qwen3_processor():
 
 
 def loop_patchify(video, p, m, tp=2):
-  """§3.3 written as loops: video [T, C, H, W] -> rows [gt*gh*gw, C*tp*p*p] in (t, block row, block col, row in
-  block, col in block) order; each row is the (C, tp, p, p) cube of one patch position."""
+  """The patch layout of `Qwen2VLImageProcessorPil._preprocess` written as loops: video [T, C, H, W] -> rows
+  [gt*gh*gw, C*tp*p*p] in (t, block row, block col, row in block, col in block) order; each row is the
+  (C, tp, p, p) cube of one patch position."""
   video = np.concatenate([video] + [video[-1:]] * (-len(video) % tp))
   gt, gh, gw = len(video) // tp, video.shape[2] // p, video.shape[3] // p
   rows = []
@@ -336,7 +337,8 @@ def tokenizer():
 
 
 def hf_processor(family, video_patch):
-  """The family's `*Processor`, with the video-processor class check skipped (§3.5) and the expanded text kept.
+  """The family's `*Processor`, with the video-processor class check skipped (it needs torchvision) and the
+  expanded text kept.
 
   The video processor is `Qwen3VLVideoProcessor` with the four flags off for every family (the only one that runs
   without torchvision); Qwen2/2.5-VL processors only read its grids, metadata and patch sizes.

@@ -1,4 +1,4 @@
-"""Qwen-VL prefill with MMInference sparse attention (arXiv 2504.16083; ../shared/specs/mminference_pallas.md §5.3).
+"""Qwen-VL prefill with MMInference sparse attention (arXiv 2504.16083).
 
 Tiny Qwen2.5-VL, float32, CPU (the block-sparse kernels run their XLA reference). The oracles are independent of
 the scanned model: the prefill KV cache, an unrolled decoder written out op by op in this file, float64 softmax
@@ -283,7 +283,7 @@ def _first_order_bound(vjp, eps, vocab):
 
 
 def test_long_video_sparse_prefill_error_is_within_its_recall_bound(long_video):
-  """Acceptance test (issue 5, item 4).
+  """On a long video, the sparse prefill's logits stay within the bound the config's recall promises.
 
   Bound. Take one attention row with dense probabilities p over the visible keys and a kept set K with recall
   r = sum_{t in K} p_t. Sparse attention renormalises over K: o' = sum_K p_t v_t / r, while o = sum_t p_t v_t, so

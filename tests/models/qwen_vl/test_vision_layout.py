@@ -1,4 +1,4 @@
-"""Host-side vision layout against the vlm.md §1.2 oracles and transformers' `vision_utils` functions."""
+"""Host-side vision layout against hand-worked windows and transformers' `vision_utils` functions."""
 
 import numpy as np
 import pytest
@@ -24,7 +24,7 @@ def _cu(window_segment_ids):
   return np.concatenate([[0], np.flatnonzero(np.diff(window_segment_ids)) + 1, [len(window_segment_ids)]])
 
 
-def test_window_layout_matches_the_spec_oracles():
+def test_window_layout_matches_hand_worked_qwen2_5_vl_windows():
   index, windows = vision_layout.window_layout(np.array([[1, 6, 10]]), window_size=56, patch_size=14, merge_size=2)
   np.testing.assert_array_equal(index, [0, 1, 5, 6, 2, 3, 7, 8, 4, 9, 10, 11, 12, 13, 14])
   np.testing.assert_array_equal(_cu(windows), [0, 16, 32, 40, 48, 56, 60])

@@ -1,4 +1,4 @@
-"""Tiny Qwen-VL configs (vlm.md §4) and randomized HF reference models for parity tests (no downloads)."""
+"""Tiny Qwen-VL configs and randomized HF reference models for parity tests (no downloads)."""
 
 import copy
 
@@ -29,21 +29,30 @@ QWEN3_VL = dict(model_type="qwen3_vl", tie_word_embeddings=True, **TOK,
 TINY = {"qwen2_vl": QWEN2_VL, "qwen2_5_vl": QWEN2_5_VL, "qwen3_vl": QWEN3_VL}
 
 
-def hf_config(family):
-  """The transformers config object of a tiny family config (eager attention)."""
+def with_changes(family, text=None, vision=None):
+  """A copy of the tiny `family` config dict with `text` / `vision` entries updated."""
+  config = copy.deepcopy(TINY[family])
+  config["text_config"].update(text or {})
+  config["vision_config"].update(vision or {})
+  return config
+
+
+def hf_config(family, config=None):
+  """The transformers config object of a tiny family config (`config`, default `TINY[family]`; eager attention)."""
   import transformers
 
   cls = {"qwen2_vl": transformers.Qwen2VLConfig, "qwen2_5_vl": transformers.Qwen2_5_VLConfig,
          "qwen3_vl": transformers.Qwen3VLConfig}[family]
-  kwargs = copy.deepcopy(TINY[family])
+  kwargs = copy.deepcopy(TINY[family] if config is None else config)
   kwargs.pop("model_type")
   config = cls(**kwargs)
   config._attn_implementation = "eager"
   return config
 
 
-def hf_model(family, seed=0):
-  """A tiny HF model with every tensor re-initialised (vlm.md §4 harness rules: N(0, 0.2^2); norms 1 + N(0, 0.1^2)).
+def hf_model(family, seed=0, config=None):
+  """A tiny HF model (of `config`, default `TINY[family]`) with every tensor re-initialised (N(0, 0.2^2);
+  norms 1 + N(0, 0.1^2)).
 
   HF's own init leaves biases at 0 and norms at 1, which would let a converter that drops them pass.
   """
@@ -54,7 +63,7 @@ def hf_model(family, seed=0):
          "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
          "qwen3_vl": transformers.Qwen3VLForConditionalGeneration}[family]
   torch.manual_seed(seed)
-  model = cls(hf_config(family)).eval()
+  model = cls(hf_config(family, config)).eval()
   with torch.no_grad():
     for name, tensor in model.state_dict().items():
       if "norm" in name or "ln_q" in name:
@@ -83,7 +92,7 @@ def left_pad(rows, pad=PAD):
 
 
 def batch(family, kind, seed=0):
-  """The vlm.md §4 inputs: kind 'text', 'images' or 'video' -> dict of numpy arrays in HF's argument names.
+  """The parity inputs: kind 'text', 'images' or 'video' -> dict of numpy arrays in HF's argument names.
 
   Includes `mm_token_type_ids` (1 at image pads, 2 at video pads) and, for Qwen2.5-VL video,
   `second_per_grid_ts`. Pixel values are random normals of the right patch width.
@@ -102,7 +111,7 @@ def batch(family, kind, seed=0):
   elif kind == "video":
     out["pixel_values_videos"] = rng.standard_normal((56, patch_dim)).astype(np.float32)
     out["video_grid_thw"] = np.array(VIDEO_GRIDS, np.int64)
-    if family == "qwen3_vl":  # one <t seconds> VS pads VE block per frame group (vlm.md §3.4), inside VS ... VE
+    if family == "qwen3_vl":  # one <t seconds> VS pads VE block per frame group (`Qwen3VLProcessor`), inside VS ... VE
       def video(t, hw):
         return [tok for f in range(t) for tok in (20 + f, 21, VS, *[VID] * (hw // 4), VE)]
       rows = [[5, VS, *video(2, 16), VE, 6], [9, VS, *video(3, 8), VE, 10]]
@@ -123,7 +132,7 @@ def hf_logits(model, inputs):
   import torch
 
   kwargs = {k: torch.from_numpy(v) for k, v in inputs.items()}
-  model.model.rope_deltas = None  # HF caches it between calls (vlm.md §4 pitfalls)
+  model.model.rope_deltas = None  # HF caches it between calls
   with torch.no_grad():
     positions, _ = model.model.get_rope_index(
       kwargs["input_ids"], kwargs["mm_token_type_ids"], image_grid_thw=kwargs.get("image_grid_thw"),
@@ -132,3 +141,28 @@ def hf_logits(model, inputs):
     model.model.rope_deltas = None
     logits = model(**kwargs).logits
   return logits.float().numpy(), positions.numpy()
+
+
+# Every field `QwenVLConfig.from_hf` reads, set away from both our defaults and transformers' class defaults, so
+# that a field dropped by `to_hf` / `save_params` comes back different.
+_TEXT_ALL = dict(vocab_size=96, hidden_size=48, intermediate_size=80, num_hidden_layers=1, num_attention_heads=3,
+                 num_key_value_heads=1, rms_norm_eps=1e-5, hidden_act="gelu", max_position_embeddings=2048,
+                 bos_token_id=90, eos_token_id=[91, 92], pad_token_id=93,
+                 rope_parameters={"rope_type": "default", "rope_theta": 12345.0, "mrope_section": [2, 3, 3]})
+_VISION_ALL = dict(depth=2, num_heads=2, patch_size=4, temporal_patch_size=1, spatial_merge_size=3, in_channels=4,
+                   hidden_act="gelu", rope_parameters={"rope_type": "axial", "rope_theta": 777.0})
+_TOP_ALL = dict(image_token_id=80, video_token_id=81, vision_start_token_id=82, vision_end_token_id=83,
+                tie_word_embeddings=True)
+EVERY_FIELD = {
+  "qwen2_vl": dict(model_type="qwen2_vl", **_TOP_ALL, text_config=_TEXT_ALL,
+                   vision_config=dict(_VISION_ALL, embed_dim=16, hidden_size=48, mlp_ratio=3)),
+  "qwen2_5_vl": dict(model_type="qwen2_5_vl", **_TOP_ALL, text_config=_TEXT_ALL,
+                     vision_config=dict(_VISION_ALL, hidden_size=16, intermediate_size=24, out_hidden_size=48,
+                                        window_size=36, fullatt_block_indexes=[0], tokens_per_second=3)),
+  "qwen3_vl": dict(model_type="qwen3_vl", **_TOP_ALL,
+                   text_config=dict(_TEXT_ALL, head_dim=8, attention_bias=True,
+                                    rope_parameters={"rope_type": "default", "rope_theta": 12345.0,
+                                                     "mrope_section": [2, 1, 1], "mrope_interleaved": True}),
+                   vision_config=dict(_VISION_ALL, hidden_size=16, intermediate_size=24, out_hidden_size=48,
+                                      num_position_embeddings=16, deepstack_visual_indexes=[1, 0])),
+}
