@@ -13,6 +13,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -24,13 +25,17 @@ class CheckpointError(RuntimeError):
   """A checkpoint directory exists but cannot be restored (truncated, corrupt, or of another model)."""
 
 
+class CheckpointMismatchError(CheckpointError):
+  """An intact checkpoint (or workdir) written by another config: another model, optimizer or job."""
+
+
 class Checkpointer:
   """Saves every `save_every` steps, keeps the newest `keep`, and restores state and data position together.
 
   Args:
     directory: where step directories go (local path or a `gs://` bucket).
     save_every: save when `step % save_every == 0` (and whenever `save(..., force=True)`).
-    keep: how many checkpoints to keep (None: all).
+    keep: how many checkpoints to keep (None: all; at least 1, or a rerun would find nothing to resume from).
     async_save: write arrays in a background thread while training continues.
   """
 
@@ -38,6 +43,10 @@ class Checkpointer:
                async_save: bool = True):
     if save_every <= 0:
       raise ValueError(f"save_every must be a positive number of steps, got {save_every}.")
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+      # orbax deletes every checkpoint when max_to_keep is 0: the run would end with none and a rerun start over.
+      raise ValueError(f"checkpoint.keep: expected None (keep all) or an integer >= 1, got {keep!r} "
+                       f"(checkpoints in {directory}).")
     if "://" not in os.fspath(directory):
       directory = os.path.abspath(directory)  # orbax requires absolute paths; users type relative ones
     self.directory = epath.Path(directory)
@@ -62,13 +71,44 @@ class Checkpointer:
       items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
     return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
 
+  def check_matches(self, step: int, abstract_state: Any) -> None:
+    """Raises `CheckpointMismatchError` unless the `state` saved at `step` has the tree paths, shapes and dtypes
+    of `abstract_state`; reads only the checkpoint's metadata, never its arrays.
+
+    Restoring a mismatched tree fails deep inside orbax's reader threads, after some arrays were read, with one
+    traceback per array; this check names the differences first.
+    """
+    path = self.directory / str(step)
+    try:
+      handler = ocp.StandardCheckpointHandler()
+      try:
+        stored = handler.metadata(path / STATE)
+      finally:
+        handler.close()
+    except Exception as error:  # a missing or unreadable _METADATA file: the step directory is damaged
+      raise CheckpointError(
+        f"Checkpoint at {path} could not be read ({type(error).__name__}: {error}). It may be truncated or "
+        f"corrupt. Remove {path} to resume from the previous checkpoint (steps present: {self.all_steps()}), "
+        f"or point --workdir elsewhere."
+      ) from error
+    differences = tree_differences(_leaf_signatures(stored), _leaf_signatures(abstract_state))
+    if differences:
+      raise CheckpointMismatchError(
+        f"Checkpoint at {path} holds another train state than this config builds ({len(differences)} "
+        f"differences; saved vs expected: {'; '.join(differences[:5])}{'; ...' if len(differences) > 5 else ''}). "
+        f"It was written by another model, optimizer or job and is left as it is: rerun with the config that "
+        f"wrote it, or point --workdir elsewhere."
+      )
+
   def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
     """Restores `state` shaped and sharded like `abstract_state`; sets `data_iterator` to the saved position.
 
     `abstract_state` is a pytree of `jax.ShapeDtypeStruct`s with `.sharding` set (e.g. from
-    `jax.eval_shape` plus the mesh shardings), so arrays are read directly into their shards.
+    `jax.eval_shape` plus the mesh shardings), so arrays are read directly into their shards. A checkpoint of
+    another tree, shape or dtype raises `CheckpointMismatchError` before any array is read.
     """
     path = self.directory / str(step)
+    self.check_matches(step, abstract_state)
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -76,9 +116,9 @@ class Checkpointer:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as error:  # orbax/tensorstore raise many types; all mean the same thing to a user.
       raise CheckpointError(
-        f"Checkpoint at {path} could not be restored ({type(error).__name__}: {error}). It may be truncated "
-        f"or corrupt, or written by a different model/config. Remove {path} to resume from the previous "
-        f"checkpoint (steps present: {self.all_steps()}), or point --workdir elsewhere."
+        f"Checkpoint at {path} could not be restored ({type(error).__name__}: {error}). Its tree, shapes and "
+        f"dtypes match this config, so its files are likely truncated or corrupt. Remove {path} to resume from "
+        f"the previous checkpoint (steps present: {self.all_steps()}), or point --workdir elsewhere."
       ) from error
     return restored[STATE]
 
@@ -89,6 +129,33 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _leaf_signatures(tree: Any) -> dict[str, tuple[tuple[int, ...], str | None]]:
+  """{"opt_state.1.0.mu.embed": (shape, dtype name)} for the array leaves of a state or of orbax's metadata of one.
+
+  Paths are spelled the way orbax names saved arrays (dict keys, sequence indices and named-tuple fields alike),
+  because the metadata tree has lists and dicts where the state has tuples and named tuples."""
+  signatures = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    names = [str(getattr(key, "key", getattr(key, "idx", getattr(key, "name", key)))) for key in path]
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.extended):
+      dtype = None  # PRNG key arrays: orbax stores their raw data, whose dtype is not the key's
+    signatures[".".join(names)] = (tuple(getattr(leaf, "shape", ())), None if dtype is None else np.dtype(dtype).name)
+  return signatures
+
+
+def tree_differences(saved: dict[str, tuple], expected: dict[str, tuple]) -> list[str]:
+  """Readable differences between two `{path: (shape, dtype)}` maps: shape/dtype changes, then paths only one has."""
+  lines = []
+  for path in sorted(saved.keys() & expected.keys()):
+    (saved_shape, saved_dtype), (shape, dtype) = saved[path], expected[path]
+    if saved_shape != shape or (None not in (saved_dtype, dtype) and saved_dtype != dtype):
+      lines.append(f"{path} {saved_dtype}{list(saved_shape)} vs {dtype}{list(shape)}")
+  lines += [f"{path} only saved" for path in sorted(saved.keys() - expected.keys())]
+  lines += [f"{path} expected, not saved" for path in sorted(expected.keys() - saved.keys())]
+  return lines
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

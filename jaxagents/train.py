@@ -7,7 +7,9 @@ Order of a run (and of a resumed run, which must end bitwise identical to an uni
   1. Mesh from `config.mesh`; `jax.distributed` first when launched on several hosts.
   2. Abstract train state via `jax.eval_shape`; shardings from the logical axis names.
   3. Data pipeline (grain), deterministic in `config.seed`.
-  4. If `DIR/checkpoints` has a step: restore state and data position. Else: init the state, sharded.
+  4. If `DIR/checkpoints` has a step: refuse a config that differs from `DIR/config.json` outside `RESUMABLE`, or
+     a checkpoint of another tree, shape or dtype, before writing anything; restore state and data position (or,
+     when the run is finished, return its summary). Else: init the state, sharded.
   5. Loop: batch -> update (the step's RNG is `fold_in(seed, step)`), log, eval, save.
   6. Final checkpoint, metrics plot (`DIR/loss.png`).
 
@@ -35,10 +37,18 @@ from etils import epath
 from jaxagents import checkpoint as checkpoint_lib
 from jaxagents import metrics as metrics_lib
 from jaxagents import optim, sharding
+from jaxagents import workdir as workdir_lib
 from jaxagents.data import make_pipeline
 from jaxagents.tasks import get_task
 
 _KILL_ENV = "JAXAGENTS_SIGKILL_AFTER_STEP"
+# Config fields that may differ from the workdir's config.json on resume; any other difference is refused. None of
+# these changes the train state's structure, the data order or the learning-rate schedule's shape: logging and
+# checkpoint cadence, the mesh (checkpoints restore into any sharding), and the two knobs for resuming a diverged
+# run from its last good checkpoint (turning clipping on or off changes the optimizer state, which the checkpoint's
+# structure check refuses). `total_steps` must match: the cosine schedule decays over it.
+RESUMABLE = ("log_every", "eval_every", "checkpoint", "tensorboard", "plot_keys", "mesh",
+             "optimizer.learning_rate", "optimizer.grad_clip_norm")
 
 
 def _mesh_context(mesh):
@@ -47,16 +57,37 @@ def _mesh_context(mesh):
   return set_mesh(mesh) if set_mesh is not None else mesh
 
 
-def _check_finite(step_metrics: list[tuple[int, dict[str, float]]], checkpointer) -> None:
+def _check_finite(step_metrics: list[tuple[int, dict[str, float]]], checkpointer, optimizer_config) -> None:
   for step, values in step_metrics:
     bad = {key: value for key, value in values.items() if not math.isfinite(value)}
     if bad:
       checkpointer.wait()
       raise FloatingPointError(
-        f"Non-finite training metrics at step {step}: {bad}. Training stopped before saving this state; the "
-        f"last good checkpoint is step {checkpointer.latest_step()} in {checkpointer.directory} (a rerun with "
-        f"the same --workdir resumes from it). Lower optimizer.learning_rate or enable optimizer.grad_clip_norm."
+        f"Non-finite training metrics at step {step}: {bad}. Training stopped before saving this state. "
+        + _divergence_advice(checkpointer.latest_step(), checkpointer.directory, optimizer_config)
       )
+
+
+def _divergence_advice(last_good_step: int | None, directory, optimizer_config) -> str:
+  """Where a rerun after a divergence starts, and which optimizer settings to lower (given what the config has on)."""
+  learning_rate = optimizer_config.learning_rate
+  clip = optimizer_config.get("grad_clip_norm", None)
+  if last_good_step is None:
+    where = f"No checkpoint was saved yet in {directory}, so a rerun with the same --workdir starts from scratch."
+  else:
+    where = (f"The last good checkpoint is step {last_good_step} in {directory}; a rerun with the same --workdir "
+             f"resumes from it.")
+  resumable = "" if last_good_step is None else " (both may change on resume)"
+  if clip:
+    fix = (f"Lower optimizer.learning_rate (now {learning_rate:g}) or optimizer.grad_clip_norm "
+           f"(now {clip:g}){resumable}.")
+  elif last_good_step is None:
+    fix = (f"Lower optimizer.learning_rate (now {learning_rate:g}) or enable gradient clipping "
+           f"(optimizer.grad_clip_norm).")
+  else:  # clipping adds an optimizer state, which the saved checkpoints do not have
+    fix = (f"Lower optimizer.learning_rate (now {learning_rate:g}; it may change on resume). Enabling gradient "
+           f"clipping (optimizer.grad_clip_norm) changes the optimizer state, so it needs a new --workdir.")
+  return f"{where} {fix}"
 
 
 def train(config, workdir: str, *, devices: list[jax.Device] | None = None) -> dict[str, Any]:
@@ -77,7 +108,6 @@ def train(config, workdir: str, *, devices: list[jax.Device] | None = None) -> d
   workdir_path = epath.Path(workdir)  # a local directory or a bucket path (gs://...)
   if is_main:
     workdir_path.mkdir(parents=True, exist_ok=True)
-    (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
 
   task = get_task(config.task, config)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
@@ -111,14 +141,24 @@ def train(config, workdir: str, *, devices: list[jax.Device] | None = None) -> d
       keep=config.checkpoint.keep, async_save=config.checkpoint.async_save,
     )
     start_step = checkpointer.latest_step()
-    if start_step is not None and start_step >= config.total_steps:
-      checkpointer.close()
-      print(f"The run in {workdir} is complete (step {start_step} of {config.total_steps}); nothing to do.",
-            file=sys.stderr)
-      return json.loads((workdir_path / "final_metrics.json").read_text())
+    try:
+      if start_step is not None:  # the same run, or nothing is written
+        changed = workdir_lib.check_config(workdir_path, config, step=start_step, may_change=RESUMABLE)
+        checkpointer.check_matches(start_step, abstract_state)
+      if start_step is not None and start_step >= config.total_steps:
+        checkpointer.close()
+        print(f"The run in {workdir} is complete (step {start_step} of {config.total_steps}); nothing to do.",
+              file=sys.stderr)
+        return workdir_lib.summary(workdir_path)
+      if start_step is not None:
+        state = checkpointer.restore(start_step, abstract_state, data_iterator)
+    except BaseException:
+      checkpointer.close()  # an open manager's threads otherwise print their own tracebacks at exit
+      raise
+    workdir_lib.write_config(workdir_path, config)
     if start_step is not None:
-      state = checkpointer.restore(start_step, abstract_state, data_iterator)
-      print(f"Resumed from step {start_step} in {checkpointer.directory}.", file=sys.stderr)
+      print(f"Resumed from step {start_step} in {checkpointer.directory}{workdir_lib.describe_changes(changed)}.",
+            file=sys.stderr)
     else:
       start_step = 0
       state = jax.jit(lambda key: nn.meta.unbox(init_state(key)), out_shardings=state_shardings)(init_key)
@@ -168,7 +208,7 @@ def train(config, workdir: str, *, devices: list[jax.Device] | None = None) -> d
       if save_due or step % config.log_every == 0:
         fetched = [(s, {k: float(v) for k, v in jax.device_get(m).items()}) for s, m in pending]
         pending.clear()
-        _check_finite(fetched, checkpointer)
+        _check_finite(fetched, checkpointer, config.optimizer)
         averaged = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
         writer.write(step, averaged)
         final_metrics.update(averaged)

@@ -80,3 +80,35 @@ def test_relative_directory_saves_and_restores(tmp_path, monkeypatch):
   assert checkpoint_lib.Checkpointer("runs/checkpoints", save_every=1).all_steps() == [1]
   restored = checkpoint_lib.Checkpointer("runs/checkpoints", save_every=1).restore(1, jax.eval_shape(_state))
   jax.tree.map(np.testing.assert_array_equal, restored, _state())
+
+
+def test_keep_below_one_is_refused_naming_the_config_field(tmp_path):
+  # keep=0 made orbax delete every checkpoint: the run ended with none and a rerun started over.
+  with pytest.raises(ValueError, match=r"checkpoint\.keep: expected None .* or an integer >= 1, got 0"):
+    checkpoint_lib.Checkpointer(tmp_path, save_every=1, keep=0)
+  assert checkpoint_lib.Checkpointer(tmp_path, save_every=1, keep=None).all_steps() == []
+
+
+def test_checkpoint_of_another_shape_is_refused_from_metadata_and_left_in_place(tmp_path):
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path, save_every=1, async_save=False)
+  checkpointer.save(2, _state())
+  checkpointer.close()
+  other = jax.eval_shape(lambda: {**_state(), "params": {"w": jnp.zeros((8, 2)), "b": jnp.ones(4)},
+                                  "extra": jnp.zeros(3, jnp.bfloat16)})
+  with pytest.raises(checkpoint_lib.CheckpointMismatchError) as raised:
+    checkpoint_lib.Checkpointer(tmp_path, save_every=1).restore(2, other)
+  message = str(raised.value)
+  assert str(tmp_path / "2") in message
+  assert "params.w float32[8, 4] vs float32[8, 2]" in message and "extra expected, not saved" in message
+  assert "Remove" not in message  # the checkpoint is intact: no advice to delete it
+  assert checkpoint_lib.Checkpointer(tmp_path, save_every=1).all_steps() == [2]
+
+
+def test_checkpoint_of_another_dtype_is_refused(tmp_path):
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path, save_every=1, async_save=False)
+  checkpointer.save(1, _state())
+  checkpointer.close()
+  bf16 = jax.eval_shape(lambda: jax.tree.map(lambda x: x.astype(jnp.bfloat16) if x.ndim else x, _state()))
+  with pytest.raises(checkpoint_lib.CheckpointMismatchError, match=r"params\.b float32\[4\] vs bfloat16\[4\]"):
+    checkpoint_lib.Checkpointer(tmp_path, save_every=1).check_matches(1, bf16)
+  checkpoint_lib.Checkpointer(tmp_path, save_every=1).check_matches(1, jax.eval_shape(_state))  # the same passes

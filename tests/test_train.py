@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,7 +11,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from jaxagents import checkpoint as checkpoint_lib
 from jaxagents import metrics as metrics_lib
+from jaxagents import train as train_lib
 from jaxagents.train import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,3 +120,72 @@ def test_non_finite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_p
   first_bad = logged[-1]["step"] + 1
   saved = [int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
   assert first_bad == 2 and saved == [1]
+
+
+@pytest.mark.parametrize("saved_step", [None, 3])
+def test_divergence_message_says_where_a_rerun_starts_and_does_not_suggest_clipping_that_is_on(tmp_path, saved_step):
+  # It once said "the last good checkpoint is step None ... resumes from it" on a fresh run, and suggested enabling
+  # gradient clipping that was on. The loop's own divergence is tested above; here, what the message says.
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path, save_every=1, async_save=False)
+  if saved_step is not None:
+    checkpointer.save(saved_step, {"step": np.int32(saved_step)})
+  optimizer = _config().optimizer
+  optimizer.update({"learning_rate": 1e30, "grad_clip_norm": 1.0})
+  with pytest.raises(FloatingPointError) as raised:
+    train_lib._check_finite([(1, {"loss": 1.0}), (4, {"loss": float("nan")})], checkpointer, optimizer)
+  checkpointer.close()
+  message = str(raised.value)
+  assert "Non-finite training metrics at step 4" in message and "None" not in message
+  if saved_step is None:
+    assert "No checkpoint was saved yet" in message and "starts from scratch" in message and "resumes" not in message
+  else:
+    assert f"last good checkpoint is step {saved_step} in {tmp_path}" in message and "resumes from it" in message
+  assert "enable" not in message.lower()  # clipping is on already
+  assert "optimizer.learning_rate (now 1e+30)" in message and "optimizer.grad_clip_norm (now 1)" in message
+
+
+_TINY = {"total_steps": 2, "log_every": 1, "eval_every": 1000, "checkpoint.save_every": 2,
+         "checkpoint.async_save": False, "batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """A finished tiny quick-start run (2 steps, checkpoint at step 2) and its returned final metrics."""
+  workdir = tmp_path_factory.mktemp("finished")
+  return workdir, train(_config(**_TINY), str(workdir), devices=jax.devices()[:1])
+
+
+def _copy(run, tmp_path):
+  shutil.copytree(run, tmp_path / "run")
+  return tmp_path / "run"
+
+
+def test_rerun_of_a_finished_run_without_its_summary_rebuilds_it_from_the_metrics(finished_run, tmp_path):
+  # Killed between the last checkpoint and writing final_metrics.json: every rerun failed with FileNotFoundError.
+  workdir = _copy(finished_run[0], tmp_path)
+  os.remove(workdir / "final_metrics.json")
+  final = train(_config(**_TINY), str(workdir), devices=jax.devices()[:1])
+  assert final == finished_run[1]
+  assert json.loads((workdir / "final_metrics.json").read_text()) == final
+
+
+def test_finished_run_is_complete_under_the_same_config_with_other_logging(finished_run, tmp_path):
+  workdir = _copy(finished_run[0], tmp_path)
+  again = train(_config(**{**_TINY, "log_every": 2, "checkpoint.keep": 3}), str(workdir), devices=jax.devices()[:1])
+  assert again == finished_run[1]
+
+
+def test_workdir_of_another_model_size_is_refused_with_one_message_before_anything_is_written(finished_run, tmp_path):
+  workdir = _copy(finished_run[0], tmp_path)
+  before = {name: (workdir / name).read_text() for name in ("config.json", "metrics.jsonl", "final_metrics.json")}
+  flags = [f"--config.{key}={value}" for key, value in _TINY.items() if key != "total_steps"]
+  refused = _run(workdir, "--config.model.embed_dim=32", "--config.total_steps=4", *flags)
+  assert refused.returncode == 1
+  assert "CheckpointMismatchError" in refused.stderr and str(workdir) in refused.stderr
+  assert "model.embed_dim: 64 there, 32 now" in refused.stderr
+  # One traceback: no reader threads failing after the error (it once came with ~480 lines ending in these).
+  assert refused.stderr.count("Traceback") == 1 and "Event loop is closed" not in refused.stderr, refused.stderr
+  assert {name: (workdir / name).read_text() for name in before} == before
+  assert sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()) == [2]
+  with pytest.raises(checkpoint_lib.CheckpointMismatchError, match="total_steps: 2 there, 3 now"):
+    train(_config(**{**_TINY, "total_steps": 3}), str(workdir), devices=jax.devices()[:1])

@@ -8,6 +8,7 @@
 # Environment:
 #   PYTHON          an interpreter >= 3.11 to build the venv with (default: uv provides Python $PYTHON_VERSION)
 #   PYTHON_VERSION  default 3.12
+#   UV_VERSION      the uv release installed from PyPI when uv is not on PATH (default 0.13.9)
 #   EXTRA_PACKAGES  installed next to jaxagents (default: gcsfs, which etils.epath needs for gs:// workdirs)
 set -euo pipefail
 
@@ -16,6 +17,7 @@ extras=${2-tpu}
 home_dir="${JAXAGENTS_HOME:-$HOME/jaxagents}"
 venv="$home_dir/venv"
 PYTHON_VERSION="${PYTHON_VERSION:-3.12}"
+UV_VERSION="${UV_VERSION:-0.13.9}"
 EXTRA_PACKAGES="${EXTRA_PACKAGES-gcsfs}"
 mkdir -p "$home_dir/logs"
 cd "$home_dir"
@@ -32,10 +34,12 @@ if [[ -n ${PYTHON:-} ]]; then
   [[ -x "$venv/bin/python" ]] || "$PYTHON" -m venv "$venv"
   pip_install=("$venv/bin/python" -m pip install --upgrade)
 else
-  # TPU VM images ship Python 3.10 and jaxagents needs >= 3.11, so uv supplies the interpreter.
+  # TPU VM images ship Python 3.10 and jaxagents needs >= 3.11, so uv supplies the interpreter. uv comes from PyPI,
+  # pinned, into ~/.local (no installer script piped from the network into a shell). PIP_BREAK_SYSTEM_PACKAGES lets
+  # a --user install through on images whose Python is marked externally managed; older pips ignore it.
   export PATH="$HOME/.local/bin:$PATH"
   if ! command -v uv >/dev/null 2>&1; then
-    curl -LsSf https://astral.sh/uv/install.sh | sh
+    PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --user --quiet "uv==$UV_VERSION"
   fi
   [[ -x "$venv/bin/python" ]] || uv venv --python "$PYTHON_VERSION" "$venv"
   pip_install=(uv pip install --python "$venv/bin/python" --upgrade)

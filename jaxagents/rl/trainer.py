@@ -2,7 +2,7 @@
 
     python -m jaxagents.train --config configs/grpo_shapes.py --workdir runs/grpo_shapes
 
-The job (spec rl_algorithms.md §1, §8; issue 4 items 6-7):
+The job (outcome-supervised GRPO, DeepSeekMath arXiv 2402.03300; the loop of trl `GRPOTrainer`):
   1. SFT warm start: `sft_steps` of teacher-forced cross-entropy on the answers, so that sampled groups hold both
      right and wrong answers (a group with one reward value has zero advantage and teaches nothing).
   2. The reference policy is frozen at the end of SFT.
@@ -34,6 +34,7 @@ from etils import epath
 
 from jaxagents import checkpoint as checkpoint_lib
 from jaxagents import metrics as metrics_lib
+from jaxagents import workdir as workdir_lib
 from jaxagents.data import shapes
 from jaxagents.models.qwen_vl.generate import SamplingConfig, generate, sampling_logits
 from jaxagents.models.qwen_vl.model import QwenVL
@@ -211,7 +212,7 @@ class ShapesGRPO:
 
   def advantages(self, state, batch: Rollout) -> tuple[Any, dict[str, float]]:
     """Per-sequence [B] (or per-token [B, T]) advantages of a rollout, and metrics. GRPO: group-normalized
-    outcome rewards (spec §1.1); subclasses add process terms."""
+    outcome rewards (DeepSeekMath's outcome supervision); subclasses add process terms."""
     del state
     return grpo.grpo_advantages(batch.scores, self.loss_config, group_size=self.rl["group_size"]), {}
 
@@ -253,24 +254,56 @@ class ShapesGRPO:
       self.model, params, inputs, mask, self.sampling))
 
   # -- loop -------------------------------------------------------------------------------------------------
+  # Config fields that may differ from the workdir's config.json on resume (any other difference is refused):
+  # logging and checkpoint cadence, and `rl.steps`, which extends or shortens the RL phase (its learning rate is
+  # constant, so the steps already taken are those of the longer run). Until the first RL step, all of `rl.*` may
+  # change: the warm-start checkpoint does not depend on it (`jaxagents.rl.compare` starts each method from a copy).
+  resumable_fields = ("log_every", "eval_every", "checkpoint", "tensorboard", "rl.steps")
+
+  def check_workdir(self, workdir: str, checkpointer, step: int, abstract) -> dict:
+    """Refuses (`CheckpointMismatchError`, nothing written) to continue the checkpoint at `step` under another
+    config than the one that wrote it, or into another state; returns the config fields that changed."""
+    may_change = self.resumable_fields + (("rl",) if step <= self.sft_end else ())
+    changed = workdir_lib.check_config(workdir, self.config, step=step, may_change=may_change)
+    checkpointer.check_matches(step, abstract)
+    if step > self.total_steps:
+      raise checkpoint_lib.CheckpointMismatchError(
+        f"{workdir} holds a checkpoint at step {step}, past this config's last step {self.total_steps} "
+        f"(warm start {self.sft_end} + rl.steps {self.rl['steps']}); its final metrics are not this config's, so "
+        f"nothing was changed. Point --workdir elsewhere, or set rl.steps >= {step - self.sft_end}.")
+    return changed
+
+  @staticmethod
+  def after_sft_metrics(path: epath.Path) -> dict[str, float]:
+    """The held-out rewards measured at the end of the warm start, as `<key>_after_sft` (part of the summary)."""
+    file = path / "after_sft.json"
+    return {f"{key}_after_sft": value for key, value in json.loads(file.read_text()).items()} if file.exists() else {}
+
   def run(self, workdir: str) -> dict[str, float]:
     config = self.config
     path = epath.Path(workdir)
     path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(config.to_json_best_effort(indent=2))
     device = jax.local_devices()[0]
-    self.compile()
     init_key = jax.random.key(config.seed)
     abstract = jax.eval_shape(self.init_state, init_key)
     replicated = jax.sharding.SingleDeviceSharding(device)
+    abstract = checkpoint_lib.abstract_with_shardings(abstract, jax.tree.map(lambda _: replicated, abstract))
     checkpointer = checkpoint_lib.Checkpointer(path / "checkpoints", save_every=config.checkpoint.save_every,
                                                keep=config.checkpoint.keep, async_save=False)
     start = checkpointer.latest_step()
+    try:
+      changed = {} if start is None else self.check_workdir(workdir, checkpointer, start, abstract)
+      if start is not None and start >= self.total_steps:
+        checkpointer.close()
+        print(f"The run in {workdir} is complete (step {start}); nothing to do.", file=sys.stderr)
+        return workdir_lib.summary(path, extra=self.after_sft_metrics(path))
+      state = None if start is None else checkpointer.restore(start, abstract)
+    except BaseException:
+      checkpointer.close()  # an open manager's threads otherwise print their own tracebacks at exit
+      raise
+    workdir_lib.write_config(path, config)
+    self.compile()
     writer = metrics_lib.MetricWriter(workdir, tensorboard=config.get("tensorboard", False))
-    if start is not None and start >= self.total_steps:
-      checkpointer.close()
-      print(f"The run in {workdir} is complete (step {start}); nothing to do.", file=sys.stderr)
-      return json.loads((path / "final_metrics.json").read_text())
     if start is None:
       start = 0
       state = jax.jit(self.init_state)(init_key)
@@ -278,9 +311,8 @@ class ShapesGRPO:
       writer.write(0, before)
       (path / "before.json").write_text(json.dumps(before))
     else:
-      abstract = checkpoint_lib.abstract_with_shardings(abstract, jax.tree.map(lambda _: replicated, abstract))
-      state = checkpointer.restore(start, abstract)
-      print(f"Resumed from step {start} in {checkpointer.directory}.", file=sys.stderr)
+      print(f"Resumed from step {start} in {checkpointer.directory}{workdir_lib.describe_changes(changed)}.",
+            file=sys.stderr)
 
     final: dict[str, float] = {}
     progress = tqdm.tqdm(total=self.total_steps, initial=start, desc=self.progress_name, dynamic_ncols=True)
@@ -308,10 +340,8 @@ class ShapesGRPO:
     metrics_lib.plot_curves(records, ["sft/loss", "reward/mean", "eval/reward", "eval/sampled_reward", "kl"],
                             path / "reward.png",
                             title=self.plot_title)
-    if (path / "after_sft.json").exists():
-      for key, value in json.loads((path / "after_sft.json").read_text()).items():
-        final[f"{key}_after_sft"] = value
-    (path / "final_metrics.json").write_text(json.dumps(final, indent=2))
+    final.update(self.after_sft_metrics(path))
+    (path / workdir_lib.SUMMARY_FILE).write_text(json.dumps(final, indent=2))
     self._print_summary(path, final)
     return final
 
