@@ -1,4 +1,4 @@
-"""Group-relative outcome advantages of the GRPO family (spec rl_algorithms.md §1.1-1.3, §8.1).
+"""Group-relative outcome advantages of the GRPO family.
 
 * GRPO (DeepSeekMath, arXiv 2402.03300): A_i = (R_i - mean_group R) / (std_group R + eps); Dr. GRPO (arXiv
   2503.20783): no std scaling; trl's `scale_rewards="batch"`: the std over the whole batch.
@@ -6,7 +6,8 @@
 * DAPO (arXiv 2503.14476): the dynamic-sampling keep mask and the soft overlong punishment.
 
 `rewards`: [B], one per completion; groups are consecutive blocks of `group_size` rows or given by `group_ids`.
-Choices where the references disagree (spec §1.2): std "unbiased" (trl, verl, tunix) or "population" (maxtext);
+Choices where the references disagree (trl `trl/trainer/grpo_trainer.py`, verl `compute_grpo_outcome_advantage`,
+tunix `compute_advantages`, maxtext `grpo_trainer.py`): std "unbiased" (trl, verl, tunix) or "population" (maxtext);
 eps is an argument (trl 1e-4, verl/tunix 1e-6, maxtext 1e-8); a group whose rewards are all equal (a group of one
 included) gets A = 0 exactly, where verl gives a group of one A = R.
 """
@@ -136,7 +137,9 @@ def group_advantages(
 def rloo_advantages(rewards: Any, group_ids: Any = None, *, group_size: int | None = None, valid: Any = None) -> Array:
   """REINFORCE leave-one-out advantages `[B]`: A_i = R_i - mean_{j != i, same group} R_j (tunix "rloo").
 
-  Groups with fewer than two valid rows get 0. Per-group sums are zero. Shapes as in `group_advantages`.
+  Groups with fewer than two valid rows get 0, as in verl `compute_rloo_vectorized_outcome_advantage`; verl's loop
+  version `compute_rloo_outcome_advantage` gives a group of one A = R instead. Per-group sums are zero. Shapes as in
+  `group_advantages`.
   """
   rewards, valid = _rewards_and_valid(rewards, valid)
   group_ids, group_size = _grouping(rewards, group_ids, group_size)

@@ -1,6 +1,7 @@
 """GRPO and its variants: group-relative advantages and the clipped policy-ratio loss.
 
-Implements spec `rl_algorithms.md` §1 and the loss API of §8.2; the advantages of §8.1 are in `advantages.py`
+Reference implementations: trl `trl/trainer/grpo_trainer.py`, verl `verl/trainer/ppo/core_algos.py`, tunix
+`tunix/rl/algo_core.py`. The advantages are in `advantages.py`
 (`grpo_advantages` picks one by config):
 
 * DeepSeekMath GRPO (arXiv 2402.03300), per token t of completion i, with r = pi_theta / pi_old:
@@ -20,15 +21,19 @@ NaN) and never reach the loss or its gradient. Every option that changes the com
 functions jit with those options static (`GRPOConfig` is a frozen, hashable dataclass).
 
 Variants are presets registered by name in `VARIANTS` (the style of tunix `tunix/rl/algo_core.py`), aggregation
-modes in `AGGREGATIONS`, KL estimators in `KL_ESTIMATORS`, advantage estimators in `ADVANTAGE_ESTIMATORS`; names
+modes in `AGGREGATIONS`, KL estimators in `kl.KL_ESTIMATORS`, advantage estimators in `ADVANTAGE_ESTIMATORS`; names
 accept verl's hyphens ("seq-mean-token-mean") as well as underscores.
 
-Choices where the references disagree, made explicit (spec §1.2, §1.4):
+Choices where the references (trl, verl, tunix, maxtext) disagree, made explicit:
 * std: `std="unbiased"` (trl, verl, tunix) or `"population"` (maxtext); eps is an argument (trl 1e-4, verl/tunix 1e-6,
   maxtext 1e-8).
 * A group whose rewards are all equal (including a group of one) gets A = 0 exactly; verl gives a group of one A = R.
-* Rows with an empty mask are left out of every sequence count (verl, tunix); trl's `dr_grpo` divides by the full
-  batch size instead, which differs only when a row is empty.
+  RLOO likewise gives a group of one A = 0, as verl's `compute_rloo_vectorized_outcome_advantage` does; verl's
+  loop version `compute_rloo_outcome_advantage` leaves a lone row's advantage at A = R.
+* Rows with an empty mask are left out of every sequence count (verl, tunix). trl divides by all rows, empty ones
+  included, in both its `grpo` loss (the mean over rows of each row's token mean) and its `dr_grpo` loss (the full
+  batch size times the max completion length); the results differ only when a row is empty.
+* The KL estimators follow verl `kl_penalty`: only k3 clips the log-ratio (+-20), and "k3+" clamps only the value.
 """
 
 from __future__ import annotations
@@ -43,73 +48,14 @@ import jax.numpy as jnp
 
 from jaxagents.rl._checks import bool_mask, canonical, check_rank, check_shape, float_array, lookup
 from jaxagents.rl.advantages import ADVANTAGE_ESTIMATORS, group_advantages, rloo_advantages
+from jaxagents.rl.kl import DEFAULT_LOG_RATIO_CLAMP, kl_estimator, kl_penalty
 
 Array = jax.Array
 
-# The largest |log ratio| passed to exp; verl and tunix clamp at 20 so a stale token cannot overflow the ratio.
-DEFAULT_LOG_RATIO_CLAMP = 20.0
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# KL to the reference policy (spec §1.1; verl `kl_penalty_forward`)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _kl_k1(log_ratio: Array) -> Array:
-  return log_ratio
-
-
-def _kl_k2(log_ratio: Array) -> Array:
-  return 0.5 * jnp.square(log_ratio)
-
-
-def _kl_k3(log_ratio: Array) -> Array:
-  # log_ratio = log pi - log pi_ref, so pi_ref / pi = exp(-log_ratio).
-  return jnp.exp(-log_ratio) + log_ratio - 1.0
-
-
-def _kl_k3_plus(log_ratio: Array) -> Array:
-  # verl "k3+": the k3 value with the unbiased k2 gradient (straight-through).
-  k2 = _kl_k2(log_ratio)
-  return jax.lax.stop_gradient(_kl_k3(log_ratio)) + k2 - jax.lax.stop_gradient(k2)
-
-
-KL_ESTIMATORS: dict[str, Callable[[Array], Array]] = {
-  "k1": _kl_k1,
-  "k2": _kl_k2,
-  "k3": _kl_k3,
-  "k3+": _kl_k3_plus,
-}
-
-
-@functools.partial(jax.jit, static_argnames=("kind", "clamp"))
-def kl_penalty(
-  logp: Any, ref_logp: Any, kind: str = "k3", clamp: float | None = None, mask: Any = None,
-) -> Array:
-  """Per-token estimate of KL(pi_theta || pi_ref) on sampled tokens, `[B, T]` (Schulman's k1/k2/k3).
-
-  k1 = log pi - log pi_ref; k2 = (log pi - log pi_ref)^2 / 2; k3 = pi_ref/pi - log(pi_ref/pi) - 1 (>= 0, the
-  DeepSeekMath GRPO term); "k3+" = the k3 value with the k2 gradient (verl).
-  clamp: optional bound c: the estimate is clipped to [-c, c] (verl uses 10 for k3). `mask`, when given, zeroes
-  padded positions (whatever they hold) in the value and the gradient.
-  """
-  estimator = lookup(KL_ESTIMATORS, kind, "kind")
-  logp = float_array(logp, "logp")
-  ref_logp = float_array(ref_logp, "ref_logp")
-  check_shape(ref_logp, "ref_logp", logp.shape)
-  log_ratio = logp - ref_logp
-  if mask is not None:
-    mask = bool_mask(mask, "mask", logp.shape)
-    log_ratio = jnp.where(mask, log_ratio, 0.0)
-  # The log-ratio clamp of verl: keeps exp() finite for tokens the reference finds (near) impossible.
-  kl = estimator(jnp.clip(log_ratio, -DEFAULT_LOG_RATIO_CLAMP, DEFAULT_LOG_RATIO_CLAMP))
-  if clamp is not None:
-    kl = jnp.clip(kl, -clamp, clamp)
-  return kl if mask is None else jnp.where(mask, kl, 0.0)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Loss aggregation (spec §1.4)
+# Loss aggregation (verl `agg_loss` in `core_algos.py`; trl `loss_type`)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -165,7 +111,7 @@ def aggregate(
 ) -> Array:
   """Reduces a per-token quantity `[B, T]` to a scalar over the tokens selected by `mask: [B, T]`.
 
-  Modes (spec §1.4; L = per-token value, M = mask, B' = number of rows with at least one token):
+  Modes (verl `agg_loss` names; L = per-token value, M = mask, B' = number of rows with at least one token):
     token_mean               sum L M / sum M                  DAPO, verl default, trl "dapo"/"bnpo"
     seq_mean_token_mean      1/B' sum_i (sum_t L M / sum_t M)  GRPO, trl "grpo", tunix default, GSPO
     seq_mean_token_sum_norm  sum L M / (B' * norm_len)        Dr. GRPO (trl "dr_grpo"), norm_len defaults to T
@@ -357,7 +303,7 @@ class GRPOConfig:
   def __post_init__(self):
     lookup(ADVANTAGE_ESTIMATORS, self.advantage, "advantage")
     lookup(AGGREGATIONS, self.agg, "agg")
-    lookup(KL_ESTIMATORS, self.kl, "kl")
+    kl_estimator(self.kl, "kl")
     if canonical(self.level) not in IMPORTANCE_LEVELS:
       raise ValueError(f"level: expected one of {IMPORTANCE_LEVELS}, got {self.level!r}.")
     if self.std is not None and self.std not in ("unbiased", "population"):
@@ -366,7 +312,7 @@ class GRPOConfig:
       raise ValueError(f"beta: expected a non-negative KL weight, got {self.beta}.")
 
 
-# Presets, each citing where its numbers come from (spec §1.3-1.4).
+# Presets, each citing where its numbers come from.
 VARIANTS: dict[str, GRPOConfig] = {
   # DeepSeekMath GRPO; beta 0.04 and eps 0.2 are tunix's defaults.
   "grpo": GRPOConfig(),

@@ -1,5 +1,6 @@
-"""GRPO family math (jaxagents/rl/grpo.py) against the spec §8.4 oracles, plain-numpy loops written here, and the
-trl / verl / tunix / maxtext formulas re-written in numpy (spec §1.2-1.4, §7)."""
+"""GRPO family math (jaxagents/rl/grpo.py) against hand-computed values, plain-numpy loops written here, and the
+trl / verl / tunix / maxtext formulas re-written in numpy (trl `grpo_trainer.py`, verl `core_algos.py`, tunix
+`algo_core.py`, maxtext `experimental/rl/grpo_trainer.py`)."""
 
 import functools
 
@@ -137,7 +138,7 @@ def _batch(seed=0, batch=6, length=5, spread=0.3):
     ([1, 0, 0, 0], dict(std=None), [0.75, -0.25, -0.25, -0.25]),
   ],
 )
-def test_group_advantages_match_spec_oracles(rewards, kwargs, expected):
+def test_group_advantages_match_hand_computed_values(rewards, kwargs, expected):
   np.testing.assert_allclose(advantages.group_advantages(rewards, group_size=4, **kwargs), expected, atol=1e-6)
 
 
@@ -227,7 +228,7 @@ def test_dapo_keep_mask_keeps_groups_with_mixed_outcomes():
   np.testing.assert_array_equal(advantages.dapo_group_keep_mask(rewards, 3), [False, False, True])
 
 
-def test_soft_overlong_penalty_matches_spec_oracle():
+def test_soft_overlong_penalty_is_zero_then_linear_then_minus_one():
   got = advantages.soft_overlong_penalty([16384, 18432, 20480, 20481], max_len=20480, cache_len=4096)
   np.testing.assert_allclose(got, [0.0, -0.5, -1.0, -1.0], atol=1e-6)
 
@@ -244,7 +245,7 @@ AGG_M = np.array([[1, 1, 1, 0], [1, 0, 0, 0]], np.float32)
   "mode, expected",
   [("token_mean", 2.5), ("seq_mean_token_mean", 3.0), ("seq_mean_token_sum_norm", 1.25), ("seq_mean_token_sum", 5.0)],
 )
-def test_aggregation_matches_spec_oracle_and_ignores_empty_rows(mode, expected):
+def test_aggregation_matches_hand_computed_values_and_ignores_empty_rows(mode, expected):
   assert float(grpo.aggregate(AGG_L, AGG_M, mode)) == pytest.approx(expected, abs=1e-6)
   with_empty = np.concatenate([AGG_L, np.full((1, 4), np.nan, np.float32)])
   mask_empty = np.concatenate([AGG_M, np.zeros((1, 4), np.float32)])
@@ -282,7 +283,7 @@ def test_gradient_accumulation_with_global_counts_equals_the_full_batch():
     assert summed == pytest.approx(whole, abs=1e-6), mode
 
 
-def test_kl_estimators_match_spec_oracle():
+def test_kl_estimators_match_closed_form_values():
   logp, ref = np.log([[0.5]]), np.log([[0.25]])
   for kind, expected in (("k1", 0.693147), ("k2", 0.240227), ("k3", 0.193147), ("k3+", 0.193147)):
     assert float(grpo.kl_penalty(logp, ref, kind)[0, 0]) == pytest.approx(expected, abs=1e-6)
@@ -303,6 +304,72 @@ def test_k3_plus_has_k3_value_and_k2_gradient():
   np.testing.assert_allclose(grad_plus, logp - ref, rtol=1e-6)  # d/dx (x - ref)^2 / 2
   np.testing.assert_allclose(grpo.kl_penalty(logp, ref, "k3+"), grpo.kl_penalty(logp, ref, "k3"), rtol=1e-6)
   assert float(grpo.kl_penalty(jnp.array([[0.0]]), jnp.array([[-30.0]]), "k3", clamp=10.0)[0, 0]) == 10.0
+
+
+def verl_kl_penalty(logprob, ref_logprob, kl_penalty):
+  """verl 0.9.1 `verl/trainer/ppo/core_algos.py::kl_penalty` (with `kl_penalty_forward`), transcribed in torch."""
+  import torch
+
+  def forward(kind):
+    if kind in ("kl", "k1"):
+      return logprob - ref_logprob
+    if kind == "abs":
+      return (logprob - ref_logprob).abs()
+    if kind in ("mse", "k2"):
+      return 0.5 * (logprob - ref_logprob).square()
+    assert kind in ("low_var_kl", "k3")
+    kl = torch.clamp(ref_logprob - logprob, min=-20, max=20)
+    return torch.clamp(torch.exp(kl) - kl - 1, min=-10, max=10)
+
+  base = kl_penalty[:-1] if kl_penalty.endswith("+") else kl_penalty
+  forward_score = forward(base)
+  if not kl_penalty.endswith("+") or kl_penalty in ("mse", "k2"):
+    return forward_score
+  backward_score = 0.5 * (logprob - ref_logprob).square()
+  return backward_score - backward_score.detach() + forward_score.detach()
+
+
+def test_k3_plus_clamp_keeps_the_k2_gradient():
+  # pi = 0.05, pi_ref = 0.8: k3 = 12.23 > c = 10. verl gives the clamped value and the unclamped k2 gradient.
+  logp, ref = jnp.log(jnp.array([[0.05]])), jnp.log(jnp.array([[0.8]]))
+  value, grad = jax.value_and_grad(lambda x: grpo.kl_penalty(x, ref, "k3+", clamp=10.0).sum())(logp)
+  assert float(value) == pytest.approx(10.0)
+  assert float(grad[0, 0]) == pytest.approx(np.log(0.05 / 0.8), rel=1e-6)  # -2.7726
+
+
+@pytest.mark.parametrize("kind", ["k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl", "k3+", "low_var_kl+", "k1+"])
+def test_kl_penalty_matches_verl_in_value_and_gradient(kind):
+  """verl clips the log-ratio at +-20 inside k3 only and clamps k3's value at 10; k1/k2 and the "+" gradient see
+  the raw log-ratio, so log-ratios of -24 and +23 keep their k1/k2 gradients."""
+  import torch
+
+  rng = np.random.default_rng(11)
+  logp = np.concatenate([rng.normal(-2.0, 1.5, size=(2, 6)), [[-25.0, -1.0, -0.05, -3.0, -30.0, -0.5]]]).astype(
+    np.float32)
+  ref = np.concatenate([rng.normal(-2.0, 1.5, size=(2, 6)), [[-1.0, -24.0, -3.0, -0.05, -0.01, -0.7]]]).astype(
+    np.float32)
+  weights = rng.normal(size=logp.shape).astype(np.float32)  # a non-uniform upstream gradient
+  clamp = 10.0 if kind.rstrip("+") in ("k3", "low_var_kl") else None
+  ours, our_grad = jax.value_and_grad(
+    lambda x: jnp.sum(weights * grpo.kl_penalty(x, ref, kind, clamp=clamp)))(jnp.asarray(logp))
+  logp_t = torch.tensor(logp, dtype=torch.float64, requires_grad=True)
+  theirs = verl_kl_penalty(logp_t, torch.tensor(ref, dtype=torch.float64), kind)
+  (torch.tensor(weights, dtype=torch.float64) * theirs).sum().backward()
+  np.testing.assert_allclose(np.asarray(grpo.kl_penalty(logp, ref, kind, clamp=clamp)), theirs.detach().numpy(),
+                             rtol=2e-5, atol=1e-5)
+  assert float(ours) == pytest.approx(float((torch.tensor(weights, dtype=torch.float64) * theirs).sum().detach()),
+                                      rel=1e-5)
+  np.testing.assert_allclose(np.asarray(our_grad), logp_t.grad.numpy(), rtol=2e-5, atol=1e-5)
+
+
+def test_kl_names_of_verl_are_aliases_and_unknown_names_are_refused():
+  logp, ref = jnp.array([[-0.3, -2.0]]), jnp.array([[-0.9, -0.1]])
+  for alias, name in (("mse", "k2"), ("low_var_kl", "k3"), ("kl", "k1"), ("low_var_kl+", "k3+")):
+    np.testing.assert_array_equal(grpo.kl_penalty(logp, ref, alias), grpo.kl_penalty(logp, ref, name))
+  with pytest.raises(ValueError, match=r"kind: expected one of .*'low_var_kl'.*got 'k4'"):
+    grpo.kl_penalty(logp, ref, "k4")
+  with pytest.raises(ValueError, match=r"kl: expected one of .*got 'k4\+'"):
+    grpo.GRPOConfig(kl="k4+")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -382,6 +449,30 @@ def test_grpo_loss_matches_trl_compute_loss(loss_type):
   assert region > 0  # the inputs exercise the clip
 
 
+@pytest.mark.parametrize("loss_type, agg", [("grpo", "seq_mean_token_mean"), ("dr_grpo", "seq_mean_token_sum_norm")])
+def test_trl_counts_empty_rows_in_its_grpo_and_dr_grpo_losses_and_we_do_not(loss_type, agg):
+  logp, old, ref, adv, mask = _batch(seed=13, spread=0.4)
+  mask[1] = False  # an empty completion
+  rows, nonempty = mask.shape[0], int(mask.any(-1).sum())
+  config = grpo.GRPOConfig(eps_low=0.2, eps_high=0.28, beta=0.04, agg=agg, norm_len=8)
+  trl_loss = trl_compute_loss(logp, old, ref, adv, mask.astype(np.float32), beta=0.04, eps_low=0.2, eps_high=0.28,
+                              loss_type=loss_type, max_len=8)[0]
+  ours, _ = grpo.grpo_loss(logp, old, adv, mask, ref_logp=ref, config=config)
+  assert float(ours) * nonempty / rows == pytest.approx(trl_loss, rel=1e-5)
+  counted, _ = grpo.grpo_loss(logp, old, adv, mask, ref_logp=ref, config=config, global_seq_count=rows)
+  assert float(counted) == pytest.approx(trl_loss, rel=1e-5)  # trl's count, given explicitly
+
+
+def test_rloo_gives_a_group_of_one_zero_as_verls_vectorized_rloo_and_not_r_as_its_loop():
+  rewards, ids = np.array([2.0, 1.0, 0.0, 5.0], np.float32), np.array([0, 0, 0, 1])
+  ours = np.asarray(advantages.rloo_advantages(rewards, ids))
+  counts = np.bincount(ids)[ids].astype(np.float32)
+  sums = np.bincount(ids, weights=rewards)[ids]
+  verl_vectorized = (counts * rewards - sums) / np.maximum(counts - 1, 1) * (counts > 1)
+  np.testing.assert_allclose(ours, verl_vectorized, atol=1e-6)
+  assert ours[3] == 0.0 and rewards[3] == 5.0  # verl's loop version keeps A = R = 5 for the lone row
+
+
 @pytest.mark.parametrize("variant, loss_algo", [("grpo", "grpo"), ("gspo_token", "gspo-token")])
 def test_grpo_loss_matches_tunix_grpo_loss_fn(variant, loss_algo):
   logp, old, ref, adv, mask = _batch(seed=12, spread=0.05)
@@ -392,7 +483,7 @@ def test_grpo_loss_matches_tunix_grpo_loss_fn(variant, loss_algo):
   assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
-def test_gspo_sequence_ratio_matches_spec_oracle():
+def test_gspo_sequence_ratio_is_the_geometric_mean_token_ratio():
   old = jnp.log(jnp.array([[0.5, 0.4, 0.9]]))
   new = jnp.log(jnp.array([[0.55, 0.4, 0.8]]))
   mask = jnp.ones((1, 3), bool)
