@@ -26,8 +26,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     max_new_tokens=11,  # a well-formed "rows" completion of a 4-row board: 4 x (count ;) + = Y <eos>
     temperature=1.0, learning_rate=1e-4,
     loss=dict(variant="grpo", beta=0.04),  # DeepSeekMath GRPO: clip 0.2, k3 KL to the SFT policy
-    # PDCR (spec rl_algorithms.md §3); lambda_o, lambda_p, gamma and the delimiter are our [R] choices, not the
-    # paper's. lambda_p 0.5 (the trainer's default is 1): the min-max term is in [0, 1] on every step token, a
+    # PDCR (arXiv 2605.13467); lambda_o, lambda_p, gamma and the delimiter are our reconstructions, not the
+    # paper's values. lambda_p 0.5 (the trainer's default is 1): the min-max term is in [0, 1] on every step token, a
     # push towards whatever was sampled. One run with lambda_p 1, 16 prompts x 8 and 300 SFT steps lost greedy
     # accuracy (0.32 -> 0.18) for a flat sampled reward (0.27 -> 0.28); this config: 0.16 -> 0.29, 0.25 -> 0.31.
     process="pdcr", lambda_o=1.0, lambda_p=0.5, gamma=1.0, max_steps=5, delimiter=";", pool="group",

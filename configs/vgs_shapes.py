@@ -1,6 +1,6 @@
 """On-policy distillation with Visual Gradient Steering (VGS) on the shipped counting task, on CPU in minutes:
 a larger tiny Qwen-VL teacher learns the task by SFT, the GRPO config's student gets a short SFT warm start, then
-the student is distilled on its own rollouts (spec rl_algorithms.md §2; jaxagents/rl/vgs_trainer.py).
+the student is distilled on its own rollouts (VGS, arXiv 2606.00564; jaxagents/rl/vgs_trainer.py).
 
   python -m jaxagents.train --config configs/vgs_shapes.py --workdir runs/vgs_shapes
   python -m jaxagents.train --config configs/vgs_shapes.py --workdir runs/opd_shapes \

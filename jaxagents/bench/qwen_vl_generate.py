@@ -6,7 +6,7 @@
 Prefill is compute-bound: the table gives its tokens/s, the model FLOP/s (2 x text params per token plus the
 attention scores and values) and the ratio to the device's dense bf16 peak. Decode is HBM-bound: every step
 reads the text decoder's weights, the output projection and the KV cache written so far, so the ceiling is
-`batch / (bytes per step / HBM bandwidth)` tokens/s (../shared/specs/vlm.md §5: 14.14 GB per step for
+`batch / (bytes per step / HBM bandwidth)` tokens/s (bytes counted on the meta device: 14.14 GB per step for
 Qwen2/2.5-VL-7B, 15.14 GB for Qwen3-VL-8B, i.e. 237 / 221 tokens/s at bs 1 on an H100's 3.35 TB/s). Decode
 tokens/s is measured as (generate time - prefill time) over the decoded tokens, median of `--repeats` runs.
 Weights are random normal in bf16 (throughput does not depend on their values); prompts are text tokens.

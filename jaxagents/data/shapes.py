@@ -5,11 +5,11 @@ shape (a filled square, a disc or a cross, in one of `colors`); the prompt asks 
 board holds. The completion has one of two formats (`ShapesConfig.format`):
 
 * "answer": the count as one digit, then end-of-sequence (`3 <eos>`).
-* "rows": a multi-step answer for process rewards (PDCR/PACR, spec rl_algorithms.md §3): the count of the asked
-  colour in each board row, top to bottom, each step closed by the delimiter `;`, then `=` and the total
-  (`1 ; 0 ; 2 ; 0 ; = 3 <eos>`). The row counts are perception steps (they need the image); the total is
+* "rows": a multi-step answer for process rewards (PDCR, arXiv 2605.13467; PACR, arXiv 2510.22255): the
+  count of the asked colour in each board row, top to bottom, each step closed by the delimiter `;`, then `=`
+  and the total (`1 ; 0 ; 2 ; 0 ; = 3 <eos>`). The row counts are perception steps (they need the image); the total is
   reasoning (the sum of the steps). `answer_template_ids` is the ground-truth answer `= Y <eos>` that PDCR appends
-  after the first k steps to measure its confidence c_k [R: the spec leaves the template to the task].
+  after the first k steps to measure its confidence c_k (our choice: the paper leaves the template to the task).
 
 The reward is exact match of the parsed answer (`parse_answer`) with the count, so it is verifiable without a judge.
 

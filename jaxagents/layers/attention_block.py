@@ -5,7 +5,7 @@ With a `KVCache` the block writes its rotated keys and values at slot `cache_ind
 cache; causality is then by cache slot (`q_positions = cache_index + arange(S)`, `kv_positions = arange(S_max)`
 unless given), and the caller masks empty or padded slots with `kv_mask: [B, S_max]`.
 
-MMInference sparse prefill (../shared/specs/mminference_pallas.md §5.3): a block built with `sparse_configs`
+MMInference sparse prefill (arXiv 2504.16083): a block built with `sparse_configs`
 runs a call that passes `modality_ids` with `attention(backend='sparse')` under
 `sparse_configs[sparse_index]` (a `jax.lax.switch` when the index is traced, e.g. a scanned layer index); calls
 without `modality_ids` (decode steps) use `backend`. A sparse call with a cache must be the prefill at slot 0:

@@ -1,10 +1,11 @@
-"""Argos-style reward agent (spec `rl_algorithms.md` §5, Argos arXiv 2512.03438 and MSR blog 2026-01-20 [S];
-§8.2 `argos_reward`): picks the verifiable scorers of `rewards.py` per sample and gates them on accuracy.
+"""Argos-style reward agent (Argos, arXiv 2512.03438, and the Microsoft Research blog post of 2026-01-20; its code
+is not public): picks the verifiable scorers of `rewards.py` per sample and gates them on accuracy.
 
 Argos-style verifier (`ArgosVerifier`): per sample, the ground-truth fields choose the scorers ("answer" with
 "answer_type" text/choice/number, "box", "region_box", "region_mask", "segment", plus an optional reasoning judge).
 The accuracy scorer is the answer scorer, or for answer-free samples the first of box_iou, temporal_iou,
-point_in_box, point_in_mask. The others are combined by the gated aggregation (reconstruction [R], spec §5):
+point_in_box, point_in_mask. The others are combined by a gated aggregation, a reconstruction
+(the paper's formula was not found; it "emphasizes reasoning checks only when the final output is correct"):
 
     R = s_acc + 1[s_acc >= gate_threshold] * sum_k w_k s_k / sum_k w_k,
 
@@ -57,7 +58,7 @@ def argos_reward(
   gate_threshold: float,
   weights: Mapping[str, float] | None = None,
 ) -> float:
-  """Gated aggregation [R]: s_acc + 1[s_acc >= gate_threshold] * sum_k w_k s_k / sum_k w_k.
+  """Gated aggregation (reconstruction): s_acc + 1[s_acc >= gate_threshold] * sum_k w_k s_k / sum_k w_k.
 
   Args:
     scores: name -> score in [0, 1], or None for a scorer that abstained or failed.
@@ -97,14 +98,14 @@ class ArgosResult:
 
 @dataclasses.dataclass
 class ArgosVerifier:
-  """Per-sample scorer selection and gated aggregation (Argos-style; reconstruction [R], module docstring).
+  """Per-sample scorer selection and gated aggregation (Argos-style; a reconstruction, see the module docstring).
 
   Samples are mappings with any of: "answer" (str, a list of str, or a number) and "answer_type" ("text",
   "choice" or "number"; default "text"), "box" ([4] or [K, 4]), "region_box" ([4] or [K, 4]: points must fall
   inside), "region_mask" ([H, W] bool), "segment" ([2] or [K, 2] seconds).
 
   Attributes:
-    gate_threshold: accuracy needed before the other scores count [R].
+    gate_threshold: accuracy needed before the other scores count (reconstruction).
     weights: name -> weight of the non-accuracy scorers (default 1 each).
     number_scorer: "relative_accuracy" (MRA, Argos) or "numeric" (tolerance match) for answer_type "number".
     judge: optional reasoning scorer `(response, sample) -> float in [0, 1] | None`, an LLM call in Argos; it
@@ -147,7 +148,7 @@ class ArgosVerifier:
         if name == REASONING:
           try:
             value = self.judge(response, sample)
-          except Exception:  # noqa: BLE001 (a failing judge is dropped, by the spec's rule)
+          except Exception:  # noqa: BLE001 (a failing judge is dropped, not scored 0)
             value = None
           scores[name] = None if value is None else float(np.clip(value, 0.0, 1.0))
         else:

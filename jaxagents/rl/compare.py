@@ -4,9 +4,9 @@
 
 Every method runs the job of `--config` (default configs/pdcr_shapes.py: the multi-step "rows" answer format, so
 that there are steps to credit) with only the process-advantage option changed (`METHODS`):
-  grpo  outcome-only group-normalized advantage (spec rl_algorithms.md §1.1), the sparse baseline;
-  pacr  outcome + confidence-gain process advantage in one pool (PACR, spec §3 Eq. 5);
-  pdcr  outcome + perception/reasoning-decomposed process advantage (PDCR, spec §3 Eq. 12-14).
+  grpo  outcome-only group-normalized advantage (GRPO, arXiv 2402.03300), the sparse baseline;
+  pacr  outcome + confidence-gain process advantage in one pool (PACR, arXiv 2510.22255; Eq. 5 of PDCR);
+  pdcr  outcome + perception/reasoning-decomposed process advantage (PDCR, arXiv 2605.13467, Eq. 12-14).
 For a given seed the SFT warm start is the same computation for every method, so it runs once per seed and each
 method resumes from a copy of its final checkpoint: the methods start RL from bitwise the same policy.
 

@@ -1,18 +1,19 @@
-"""Dyna-GRPO rewards and advantages (Dyna-Mind, arXiv 2510.09577, ICLR 2026; spec `rl_algorithms.md` §4).
+"""Dyna-GRPO rewards and advantages (Dyna-Mind, arXiv 2510.09577, ICLR 2026). The three
+items below come from summaries of the paper.
 
 Stage 2 of Dyna-Mind alternates two phases; this module holds their pure math, the trainer runs the rollouts.
 
-* Rewards [S]: -0.1 per non-terminal step, +10 on success, 0 on failure (`episode_returns`, `step_rewards`).
-* Policy improvement [S]: plain GRPO (group z-score of the episode return, beta-weighted KL) on the standard
+* Rewards: -0.1 per non-terminal step, +10 on success, 0 on failure (`episode_returns`, `step_rewards`).
+* Policy improvement: plain GRPO (group z-score of the episode return, beta-weighted KL) on the standard
   rollouts (`policy_advantages`, then `grpo.grpo_loss`).
-* Simulation improvement (SimRollout) [S]: at state s_t the policy samples a response a whose reasoning holds a plan
+* Simulation improvement (SimRollout): at state s_t the policy samples a response a whose reasoning holds a plan
   a_1..a_d (d <= 5). The plan is executed in the real environment, giving the intermediate states s'_{t+1..t+d};
   the refine context s_t^refine = s_t + a + s'_{t+1} + a_2 + s'_{t+2} + ... (`refine_context`) conditions a
   refined response a^refine. Refined rollouts get the binary, filtered advantage (`dyna_refine_advantages`)
       A_refine(tau_i) = 1  if tau_i succeeds and R(tau_i) > max(mean R_standard, mean R_refined) of its group,
                         0  otherwise.
 
-Reconstructions [R] (the paper's code is not available; spec §4 "Unknown", §8.5):
+Reconstructions (the paper's code is not available, and the summaries leave these open):
 * "Non-terminal step" counts every step but the last of the episode; a failed episode that ends by running out of
   steps therefore gets -0.1 * (n - 1) + 0.
 * The phase schedule: `dyna_phase` alternates `simulation_steps` simulation-improvement updates with
@@ -38,7 +39,7 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class DynaGRPOConfig:
-  """Dyna-GRPO constants; the reward values are the paper's [S], the rest are reconstructions [R]."""
+  """Dyna-GRPO constants; the reward values are the paper's, the rest are reconstructions."""
 
   step_penalty: float = 0.1
   success_reward: float = 10.0
@@ -108,7 +109,7 @@ def dyna_refine_advantages(
   group_ids: Any,
   refine_group_ids: Any = None,
 ) -> Array:
-  """Binary SimRollout advantages `[Br]` in {0, 1} for the refined rollouts (spec §8.1 signature).
+  """Binary SimRollout advantages `[Br]` in {0, 1} for the refined rollouts (A_refine above).
 
   Args:
     success: [Br] bool, whether each refined trajectory succeeded.
@@ -173,12 +174,12 @@ def refine_context(
 
 
 def refine_training_prompt(state: str, refined_context: str, *, condition_on_future: bool = False) -> str:
-  """The context a^refine is trained against: s_t (default [R]) or s_t^refine."""
+  """The context a^refine is trained against: s_t (default; a reconstruction) or s_t^refine."""
   return refined_context if condition_on_future else state
 
 
 def dyna_phase(step: int, *, simulation_steps: int = 1, policy_steps: int = 1) -> str:
-  """"simulation" or "policy" for training step `step` (0-based), alternating, simulation first [R]."""
+  """"simulation" or "policy" for training step `step` (0-based), alternating, simulation first (a reconstruction)."""
   if simulation_steps < 0 or policy_steps < 0 or simulation_steps + policy_steps == 0:
     raise ValueError(f"simulation_steps/policy_steps: expected non-negative counts with a positive sum, got "
                      f"{simulation_steps}, {policy_steps}.")

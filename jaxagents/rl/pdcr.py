@@ -1,6 +1,6 @@
 """PDCR: Perception-Decomposed Confidence Reward (arXiv 2605.13467, CVPR 2026), as pure array functions.
 
-Spec: shared/specs/rl_algorithms.md §3 (method), §8.1 (API) and §8.4 (oracles). Implemented:
+The paper's code is not public (hee-suk-yoon/PDCR holds a README only). Implemented:
 
 * step segmentation of a rollout on delimiter token ids;
 * the confidence c_k = log π(Y_gt | I, q, H_≤k) of PACR (arXiv 2510.22255): the query sequences that append the
@@ -13,9 +13,9 @@ Spec: shared/specs/rl_algorithms.md §3 (method), §8.1 (API) and §8.4 (oracles
 * min-max normalisation of G inside each cluster (Eq. 12–13) and A_total,k = λ_O·A_O + λ_P·A_dec,k (Eq. 14);
 * the PACR baseline (Eq. 5, one min-max pool) and random cluster labels (the paper's random-decomposition ablation).
 
-The paper was read through secondary summaries only, so these choices are reconstructions [R]:
+The paper was read through secondary summaries only, so these choices are reconstructions:
 
-* Steps are split on a set of delimiter token ids (the spec proposes "\\n\\n"). A run of delimiters closes the step
+* Steps are split on a set of delimiter token ids (for free text, e.g. "\\n\\n"). A run of delimiters closes the step
   it follows and never forms a step of its own; a rollout with no delimiter is one step; steps beyond `max_steps`
   are merged into the last one, so every response token belongs to a step.
 * V_k sums the token log-prob differences of the step; c and V come from the caller's π_old and are stop-gradient.
@@ -304,8 +304,8 @@ def clusterwise_minmax(
 
   values, cluster_ids (int in [0, num_clusters)), pool_mask: the same shape. Only entries with pool_mask take part.
   A cluster with fewer than 2 members or a range below `range_eps` maps to `empty_value`; `center` subtracts each
-  cluster's mean afterwards [R]. Returns (normalised values, 0 outside pool_mask; fallback [num_clusters] bool, true
-  for clusters with members that took the `empty_value` path).
+  cluster's mean afterwards (a reconstruction). Returns (normalised values, 0 outside pool_mask; fallback
+  [num_clusters] bool, true for clusters with members that took the `empty_value` path).
   """
   values, cluster_ids, pool_mask = jnp.asarray(values), jnp.asarray(cluster_ids), jnp.asarray(pool_mask)
   _check_integer("cluster_ids", cluster_ids)

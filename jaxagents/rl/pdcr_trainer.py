@@ -2,7 +2,7 @@
 
     python -m jaxagents.train --config configs/pdcr_shapes.py --workdir runs/pdcr_shapes
 
-Spec rl_algorithms.md §3 (PDCR, arXiv 2605.13467, read through secondary summaries [S]); the math is
+PDCR (arXiv 2605.13467; its equations were read through secondary summaries, not the paper); the math is
 `jaxagents.rl.pdcr`. The task must use the multi-step "rows" format (`shapes.ShapesConfig(format="rows")`,
 `1 ; 0 ; 2 ; 0 ; = 3 <eos>`): each row count closed by `;` is a step h_k, and the answer `= Y <eos>` follows the last
 step. Per RL step, with the sampling policy π_old (the parameters that drew the rollouts, stop-gradient):
@@ -26,9 +26,9 @@ empty scores about the same on a white board). In the shipped config's run about
 `process` picks the advantage: "pdcr" (above), "pacr" (PACR, Eq. 5: one cluster, no V, no white-image pass) or
 "none" (plain outcome-only GRPO, exactly `ShapesGRPO.advantages`, for the comparison on the same task).
 
-Reconstructions [R] (not recoverable from the summaries; spec §3 "Not recoverable" and §8.5):
+Reconstructions (the summaries do not give these):
   * λ_O = 1, λ_P = 1 and γ = 1 are our defaults, not the paper's values (its hyperparameter table was not read).
-  * The step delimiter is the task's `;` token (the spec proposes "\\n\\n" for free text).
+  * The step delimiter is the task's `;` token (PACR splits free text on a text pattern such as "\\n\\n").
   * Y_gt is the task's answer template `= Y <eos>`. By default c_k scores `Y <eos>` given `=` (the marker is
     teacher-forced, not scored: `score_answer_marker=False`): π(`=` | k < K rows) is tiny and nearly the same for every
     rollout, so scoring it would hand every rollout's last step the same large gain.
@@ -64,13 +64,13 @@ class ProcessOptions:
 
   Attributes:
     process: "pdcr", "pacr" or "none" (outcome-only GRPO).
-    lambda_o, lambda_p: weights of the outcome and process advantages (Eq. 14) [R].
-    gamma: discount of the confidence-gain returns [R].
+    lambda_o, lambda_p: weights of the outcome and process advantages (Eq. 14); our defaults, a reconstruction.
+    gamma: discount of the confidence-gain returns (reconstruction).
     max_steps: K, the number of step slots (None: the board's rows + 1, so one over-long row list keeps its rows).
-    delimiter: the vocabulary word that closes a step [R].
+    delimiter: the vocabulary word that closes a step (reconstruction).
     pool: min-max pool, "group" (each prompt's rollouts) or "batch"; split_pool: Otsu pool, "batch" or "group".
-    center: subtract each cluster's mean after min-max (the summaries' "zero-centred") [R].
-    score_answer_marker: include the `=` marker in c_k's log-prob (default: condition on it only) [R].
+    center: subtract each cluster's mean after min-max (the summaries' "zero-centred"; reconstruction).
+    score_answer_marker: include the `=` marker in c_k's log-prob (default: condition on it only; reconstruction).
   """
 
   process: str = "pdcr"

@@ -1,4 +1,4 @@
-"""Verifiable rewards on decoded responses (spec `rl_algorithms.md` §5, §8.2).
+"""Verifiable rewards on decoded responses: the scorers of an Argos-style verifier (Argos, arXiv 2512.03438).
 
 Rewards run on the host, on strings: plain Python and numpy. Every scorer returns a float in [0, 1].
 
@@ -7,7 +7,7 @@ Scorers:
   choice             1 if the parsed multiple-choice letter equals the target letter.
   numeric            1 if the parsed number is within rel_tol / abs_tol of the target.
   relative_accuracy  VSI-Bench mean relative accuracy, MRA = 1/10 sum_{theta in .50,.55,..,.95} 1[|y'-y|/|y| < 1-theta]
-                     (the spec's likely reading of Argos' "relative accuracy" [R]).
+                     (VSI-Bench, arXiv 2412.14171; our reading of Argos' "relative accuracy", a reconstruction).
   box_iou            IoU of predicted and ground-truth boxes [x1, y1, x2, y2]; several boxes are matched greedily by
                      IoU and the matched IoUs summed over max(#pred, #gt), so extra and missing boxes both cost.
   point_in_box       the fraction of predicted points inside the referred box(es) (Argos' pointing metric).
@@ -212,7 +212,7 @@ MRA_THRESHOLDS = tuple(0.5 + 0.05 * k for k in range(10))
 def mean_relative_accuracy(predicted: float, target: float) -> float:
   """VSI-Bench MRA: 1/10 sum_{theta in .50..95} 1[|predicted - target| / |target| < 1 - theta].
 
-  A target of 0 has no relative error: the score is 1 for an exact 0 and 0 otherwise [R].
+  A target of 0 has no relative error: the score is 1 for an exact 0 and 0 otherwise (our choice).
   """
   if not math.isfinite(predicted):
     return 0.0

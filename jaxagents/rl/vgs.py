@@ -1,6 +1,7 @@
 """VGS: Visual Gradient Steering for on-policy distillation of VLMs (arXiv 2606.00564), losses and optax transform.
 
-Spec: shared/specs/rl_algorithms.md §2 (method), §8.2–8.3 (API) and §8.4 (oracles). Implemented:
+The paper's code is not public; an unofficial port is zsxm1998/awesome-perception-aware-rlvr
+`examples/reproduction/vgs/`. Implemented:
 
 * the decomposed distillation terms, each a per-token full-vocabulary reverse KL averaged over the trajectory:
   ℓ_Std = KL(p_S(·|I,x) ‖ q_T(·|I,x)) (Eq. 3), the language prior ℓ_Lang = KL(p_S(·|x) ‖ q_T(·|x)) (Eq. 6–7), the
@@ -14,7 +15,7 @@ Spec: shared/specs/rl_algorithms.md §2 (method), §8.2–8.3 (API) and §8.4 (o
   of g_Std that conflicts with g_Vis is first projected out, PCGrad-style: g ← g − min(0, ⟨g, g_Vis⟩/‖g_Vis‖²)·g_Vis;
 * `two_grads`: the gradients of two losses from one forward pass (one `jax.vjp`, vmapped over the two cotangents).
 
-Reconstructions [R]: p_S(·|x) inside q* is detached (the paper is silent; the unofficial port detaches it); the Q_0.7
+Reconstructions: p_S(·|x) inside q* is detached (the paper is silent; the unofficial port detaches it); the Q_0.7
 gate is taken over the tokens of the arrays passed in (one micro-batch) unless a scope mask or a precomputed
 threshold is given; quantiles use linear interpolation (numpy's default); η EMAs are running means for the first
 1/(1 − decay) steps, then EMAs. Teacher logits are stop-gradient; all softmaxes and KLs run in fp32.

@@ -2,7 +2,7 @@
 
     python -m jaxagents.train --config configs/vgs_shapes.py --workdir runs/vgs_shapes
 
-Spec: shared/specs/rl_algorithms.md §2 (method) and §8.3 (the optax transform); the math is `jaxagents.rl.vgs`.
+The math is `jaxagents.rl.vgs`.
 The job is self-contained on one device, in three phases over one global step counter:
   1. Teacher: a somewhat larger tiny Qwen-VL q_T (`config.teacher.model`) learns the task by SFT. It shares the
      student's tokenizer (the task's vocabulary); its parameters and optimizer live in the train state, so
@@ -13,14 +13,15 @@ The job is self-contained on one device, in three phases over one global step co
      prompt), takes ℓ_Std, ℓ_Vis, ℓ_LP from `vgs.vgs_terms` (Eq. 3, 11, 16) and their gradients from one
      `jax.vjp` (vmapped over the cotangents), and applies
      `optax.chain(vgs_steering(γ, eta, lam), clip_by_global_norm(1), adamw)`: the update is
-     η·(g_Std + γ g_Vis) + λ·η·g_LP (Eq. 13-15, 18), clipped after steering as in the reference (§2, consequence 2).
+     η·(g_Std + γ g_Vis) + λ·η·g_LP (Eq. 13-15, 18), clipped after steering (the paper
+     trains with TRL, which clips the update before AdamW).
      γ = 0 (with λ = 0) is standard on-policy distillation, the baseline.
 Options (`config.rl`): `eta` None/"dynamic" (Eq. 15) or a constant (App. A); `freeze_eta_after`; `adaptive_gamma`
 (γ_t = 0 / γ/2 / γ by VDS quantile, App. E); `project_conflicts` (PCGrad's projection of g_Std against g_Vis, not the
 paper's method); `alpha` > 0 mixes in the clipped GRPO term of Eq. 22, J = (1-α)·O_GRPO - α·ℓ_VGS-LP, with η dropped
 as the re-implementation does (so it needs eta = 1.0) and no KL term (so `loss.beta` must be 0).
 
-Choices [R]: both SFT phases put a fraction `data.text_only_fraction` of their rows in the text-only view with the
+Our choices: both SFT phases put a fraction `data.text_only_fraction` of their rows in the text-only view with the
 true answer: models trained from scratch on image prompts only have no language prior, and their p(·|x), which ℓ_Vis,
 ℓ_LP and the VDS read, would be an input never seen (in a first run without such rows, whose teacher had also not
 learned to use the image, g_Vis was anti-parallel to g_Std, cos -0.999, and η grew to 24). All four views'
@@ -157,7 +158,7 @@ class ShapesVGS(ShapesGRPO):
     self.steering = vgs.vgs_steering(self.gamma, eta=self.eta, lam=self.lam,
                                      project_conflicts=bool(rl.get("project_conflicts", False)),
                                      freeze_eta_after=rl.get("freeze_eta_after"))
-    # The spec's order: steer, then clip the steered update, then AdamW (TRL clips before the optimizer step).
+    # Steer, then clip the steered update, then AdamW (TRL, the paper's codebase, clips before the optimizer step).
     self.distill_tx = optax.chain(self.steering, optax.clip_by_global_norm(1.0),
                                   optax.adamw(rl["learning_rate"], weight_decay=rl.get("weight_decay", 0.0)))
     self.teacher_end = teacher.steps
@@ -209,7 +210,7 @@ class ShapesVGS(ShapesGRPO):
   def sft_batches(self, examples: list[dict]) -> list:
     """SFT batches of `examples`: the first `data.text_only_fraction` of them as text-only rows (the vision span
     dropped, so that p(·|x), which ℓ_Lang, ℓ_Vis and the VDS read, is the task's language prior rather than an
-    input never seen in training [R]), the rest with the image. [(inputs, completion_mask)]."""
+    input never seen in training; our choice), the rest with the image. [(inputs, completion_mask)]."""
     targets = [self.target_ids(e) for e in examples]
     num_text = round(self.text_only_fraction * len(examples))
     batches = [shapes.model_batch(self.task, self.model_config, examples[num_text:], targets[num_text:])]

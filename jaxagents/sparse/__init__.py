@@ -1,6 +1,6 @@
-"""MMInference sparse-attention pattern builders and per-head dispatcher (arXiv 2504.16083; spec
-/work/shared/specs/mminference_pallas.md §1, §5.3). Pure JAX, jit-able, static output shapes; the layouts drive
-the block-sparse kernels of `kernels_pallas.block_sparse`.
+"""MMInference sparse-attention pattern builders and per-head dispatcher (MMInference, arXiv 2504.16083; the
+patterns it shares with MInference follow microsoft/MInference `minference/modules/minference_forward.py`). Pure
+JAX, jit-able, static output shapes; the layouts drive the block-sparse kernels of `kernels_pallas.block_sparse`.
 
     from jaxagents.sparse import mminference_attention
     head = {"pattern": "vertical_slash", "params": {"v_size": 1000, "s_size": 6096}}  # MInference's default
@@ -8,12 +8,13 @@ the block-sparse kernels of `kernels_pallas.block_sparse`.
 
 Files: `layouts.py` (coordinates, causal/diagonal blocks, scores -> BlockLayout, `compose`), `permutation.py`,
 `estimate.py` (last-queries estimate), one file per pattern (`a_shape.py`, `vertical_slash.py`, `block_topk.py`,
-`grid.py` [R]), `modality.py` (Q-/2D-boundary permutations and sub-layouts [R]), `patterns.py` (the pattern
+`grid.py`), `modality.py` (Q-/2D-boundary permutations and sub-layouts), `patterns.py` (the pattern
 table), `permuted.py` (attention over permuted tokens), `dispatch.py` (per-head dispatcher), `config.py` (a
 model's versioned per-layer/per-head JSON config), `minference_format.py` (MInference's published list format),
 `search.py` (the offline per-head search, `python -m jaxagents.sparse.search`). A model runs a config through
 `attention(..., backend="sparse", sparse_config=...)`, e.g. `QwenVL(config, sparse_config=...)` for its prefill.
-[R] marks reconstructions: MMInference's code is not public.
+MMInference's code is not public: `grid.py` and `modality.py` are reconstructions from the paper's description,
+and their docstrings say which steps are ours.
 """
 
 from jaxagents.sparse.a_shape import a_shape

@@ -1,5 +1,5 @@
 """A-shape (Lambda-shape, StreamingLLM) heads: `n_init` sink tokens plus a local window of `n_local` tokens
-(MMInference spec §1.4, §5.3; MInference `ops/streaming_kernel.py`).
+(StreamingLLM, arXiv 2309.17453; MInference `minference/ops/streaming_kernel.py`).
 
 In key-slot coordinates (see `layouts.py`), the query at coordinate c sees the keys
 

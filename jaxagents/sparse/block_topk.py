@@ -1,5 +1,5 @@
 """Block top-k heads: mean-pooled queries and keys score every block pair, the top `topk` causal key blocks of
-each query block are kept (MMInference spec §1.4, §5.3; MInference `ops/block_sparse_flash_attention.py`, 64-token
+each query block are kept (MMInference, arXiv 2504.16083; MInference `ops/block_sparse_flash_attention.py`, 64-token
 blocks, k = 100):
 
     score[i, n] = mean(q[block i]) . mean(k[block n]) * sm_scale,   kept = top-topk_n {score[i, n] : (i, n) valid}

@@ -1,7 +1,7 @@
-"""`mminference_attention`: the per-head dispatcher of MMInference sparse attention (arXiv 2504.16083; spec
-§1.1 pipeline, §5.3 `mminference_attention`, §5.4 head-config format).
+"""`mminference_attention`: the per-head dispatcher of MMInference sparse attention (arXiv 2504.16083: every head
+runs the pattern its offline search chose; pipeline as in microsoft/MInference `images/MMInference_onepage.png`).
 
-One config entry per query head, in the spec §5.4 layer format:
+One config entry per query head, in the layer format of `config.py`:
 
     {"pattern": "dense|a_shape|vertical_slash|block_topk|grid", "params": {...}, "boundary": "none|q|2d",
      "per_modality": {"<a>" or "<a>,<b>": {"pattern": ..., "params": {...}}}, "score": f}

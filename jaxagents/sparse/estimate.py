@@ -1,5 +1,5 @@
-"""The "Last Q" estimate shared by the vertical-slash and grid builders (MMInference spec §1.1, §1.2 step 1,
-§1.4; MInference `modules/minference_forward.py`, `last_q = 64`):
+"""The "Last Q" estimate shared by the vertical-slash and grid builders (MMInference,
+arXiv 2504.16083, "Last Q" estimation; MInference `minference/modules/minference_forward.py`, `last_q = 64`):
 
     A_hat = softmax(Q[rows] K^T * sm_scale + causal(original positions))      [B, H, R, T]
 

@@ -1,9 +1,11 @@
 """Grid heads: online stride/phase search, phase-major permutation, block layout (MMInference, arXiv
-2504.16083, spec §1.2 Algorithm 1 and §5.3 `grid`). MMInference's code is not public; steps 2-3 are a
-reconstruction **[R]** from the paper's figure and reviews.
+2504.16083, grid heads). Reconstruction: MMInference's code is not public and the paper does not spell out the
+stride/phase search or the permutation; steps 2-3 rebuild them from its overview figure and text. For s = tokens
+per frame, step 3 is the frame-major -> patch-major reorder of Sparse-VideoGen (svg-project/Sparse-VideoGen
+`token_reorder_to_token_major`).
 
 1. *Estimate.* A_hat = softmax(Q[-last_q:] K^T * sm_scale + causal)  [R, T]  (`estimate.py`).
-2. *Search* [R]. For a candidate stride s and phase p, the grid of query i is the union of
+2. *Search* (reconstruction). For a candidate stride s and phase p, the grid of query i is the union of
    the vertical lines {j : j = p (mod s)} and the slash lines {j : i - j = 0 (mod s)}. With per-row residue
    sums M[r, c] = sum_{j = c (mod s)} A_hat[r, j] and the query's own residue c_r = i_r mod s,
 
@@ -14,7 +16,7 @@ reconstruction **[R]** from the paper's figure and reviews.
    chance level is our choice: raw mass always prefers the smallest stride (s = 1 covers everything), and the
    excess is invariant to refining a planted stride s0 into 2 s0 only up to the halved coverage, so s0 wins
    over its multiples and divisors.
-3. *Permute* [R]. Phase-major order with the found phase first: slot order sorts tokens by
+3. *Permute* (reconstruction). Phase-major order with the found phase first: slot order sorts tokens by
    ((i - p) mod s, i). Group g holds the tokens i = p + g (mod s) in their original order, so the vertical
    lines become group 0 (a dense band of key slots at the start, "Vlines after shuffle") and the slash lines
    become same-group attention (a staircase of causal triangles along the diagonal).
@@ -22,7 +24,7 @@ reconstruction **[R]** from the paper's figure and reviews.
    group-0 slots (the band), plus the diagonal block; causality is judged on original positions (`layouts.py`).
    The kernel then runs on the permuted tokens with positions = the permutation (`permuted.py`).
 
-Spec §5.3 applies the grid to the vision span only; here it covers the whole sequence (a video-only input).
+Grid patterns come from video tokens; here the grid covers the whole sequence (a video-only input).
 """
 
 import functools
@@ -108,7 +110,7 @@ def grid_search(
   causal: bool = True,
   sm_scale: float | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Per-head stride/phase search on the last-queries estimate (step 2 above) [R].
+  """Per-head stride/phase search on the last-queries estimate (step 2 above, a reconstruction).
 
   Args:
     q: [B, S, Hq, D]; k: [B, T, Hkv, D], S == T, original token order.
@@ -164,7 +166,7 @@ def grid(
   causal: bool = True,
   sm_scale: float | None = None,
 ) -> tuple[Permutation, BlockLayout]:
-  """Grid head: search, permutation and layout (steps 1-4 above) [R].
+  """Grid head: search, permutation and layout (steps 1-4 above; steps 2-3 are reconstructions).
 
   Args:
     q: [B, S, Hq, D]; k: [B, T, Hkv, D], S == T, original token order.

@@ -1,6 +1,6 @@
 """Shared machinery of the pattern builders: where tokens sit (`Frame`), block-level causality and diagonals,
-and the step every builder ends with, block scores -> `BlockLayout` with a static MAXN (MMInference spec §5.1,
-§5.3, §5.5 oracle 4).
+and the step every builder ends with, block scores -> `BlockLayout` with a static MAXN (MMInference,
+arXiv 2504.16083; the invariants below are checked in `tests/sparse/test_builder_invariants.py`).
 
 Coordinates. A builder works on one attention problem per (batch, query head) in *slot* order (the identity, or
 a grid/modality permutation). For slot s of the queries, `Frame.q_coords[s]` is the key slot that holds the
@@ -177,7 +177,7 @@ def dense_layout(frame: Frame, max_blocks: int | None = None) -> BlockLayout:
 
 
 def compose(layouts, kv_len: int, max_blocks: int | None = None) -> BlockLayout:
-  """Union of layouts over the same token order and block sizes (spec §5.3 `compose`).
+  """Union of layouts over the same token order and block sizes.
 
   Args:
     layouts: non-empty sequence of BlockLayout, all [B, H, NQ, *] with equal block sizes.

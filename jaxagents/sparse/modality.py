@@ -1,6 +1,6 @@
 """Modality-boundary heads: the Q-boundary and 2D-boundary permutations and their per-modality sub-layouts
-(MMInference, arXiv 2504.16083; spec §1.3 and §5.3 `modality_permutation`). The kernel-level details are a
-reconstruction **[R]**: MMInference's code is not public.
+(MMInference, arXiv 2504.16083: Q-Boundary and 2D-Boundary heads). Reconstruction: MMInference's code is not
+public; the modality-wise permutations follow the paper's description, the kernel-level details below are ours.
 
 Given per-token modality ids m[i] in [0, M) (e.g. 0 = vision, 1 = text) in an interleaved sequence:
   * mode "q" (Q-boundary): queries are stably sorted by modality (same-modality rows contiguous, original
@@ -48,7 +48,7 @@ def _check_ids(fn: str, modality_ids, batch: int | None = None, seq_len: int | N
 
 @functools.partial(jax.jit, static_argnames=("mode", "num_heads"))
 def modality_permutation(modality_ids: jax.Array, mode: str, *, num_heads: int = 1) -> Permutation:
-  """Stable sort of the tokens by modality id (spec §1.3) [R].
+  """Stable sort of the tokens by modality id (MMInference's modality-wise permutation; reconstruction).
 
   Args:
     modality_ids: int [B, S], modality of each token.
@@ -85,7 +85,7 @@ def boundary_layout(
   causal: bool = True,
   sm_scale: float | None = None,
 ) -> tuple[Permutation, BlockLayout]:
-  """Permutation and unioned per-modality layout of a Q- or 2D-boundary head [R].
+  """Permutation and unioned per-modality layout of a Q- or 2D-boundary head (reconstruction, module docstring).
 
   Args:
     q: [B, S, Hq, D]; k: [B, T, Hkv, D], S == T, original token order.

@@ -1,5 +1,5 @@
-"""The pattern table: names, parameters and block candidates of every head pattern (MMInference spec §1.1,
-§5.3, §5.4 config `"pattern": "grid|vertical_slash|a_shape|block_topk|dense"`).
+"""The pattern table: names, parameters and block candidates of every head pattern (MMInference,
+arXiv 2504.16083; the config's `"pattern": "grid|vertical_slash|a_shape|block_topk|dense"`, see `config.py`).
 
 `pattern_blocks` evaluates one pattern on tokens in slot order, optionally restricted to the query rows and
 keys of one modality (pair); the boundary builder (`modality.py`) unions those per-modality candidates.

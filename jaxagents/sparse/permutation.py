@@ -1,5 +1,5 @@
-"""`Permutation`: the token reorderings of MMInference's permuted heads (arXiv 2504.16083; spec §1.2 steps 3-4,
-§1.3, §5.1).
+"""`Permutation`: the token reorderings of MMInference's permuted heads (arXiv 2504.16083: the grid
+heads' phase-major permutation and the Q-/2D-boundary heads' modality-wise permutations).
 
 A permuted head computes attention on tokens in *slot* order: slot s of the queries holds original token
 `q_perm[b, h, s]`, slot t of the keys/values holds original token `kv_perm[b, h, t]`. The permutation arrays are
@@ -7,7 +7,7 @@ also the tokens' *original positions*, which the kernel's causal mask reads, so 
 the original order; outputs go back through `q_inverse`.
 
 Shapes are per (batch, query head): `q_perm`, `q_inverse` int32 [B, H, S], `kv_perm`, `kv_inverse` int32
-[B, H, T]. Spec §5.1 gives `kv_perm` one row per kv head; here it has one row per *query* head because the grid
+[B, H, T]. GQA would allow one `kv_perm` row per kv head; here it has one row per *query* head because the grid
 stride/phase is searched per query head (as MInference searches patterns per query head), so K/V are gathered
 per query head.
 """

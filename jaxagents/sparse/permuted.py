@@ -1,11 +1,12 @@
-"""`permuted_sparse_attention`: block-sparse attention over permuted tokens (MMInference spec §1.2 step 4,
-§5.2 v1 = explicit gather -> kernel with positions = permutation -> inverse gather).
+"""`permuted_sparse_attention`: block-sparse attention over permuted tokens (MMInference,
+arXiv 2504.16083, whose kernel loads through the permutation; here an explicit gather -> kernel with positions =
+permutation -> inverse gather).
 
     out[b, i, h] = kernel(Q[pi_q], K[pi_kv], V[pi_kv]; q_positions = pi_q, kv_positions = pi_kv)[b, pi_q^-1(i), h]
 
 Each (batch, query head) has its own permutation, and the kernel takes one position vector per batch row, so
 heads are folded into the batch: [B, S, H, D] -> [B * H, S, 1, D], with K/V gathered per query head (GQA K/V
-are repeated; v1 trades that memory for simplicity, spec §2.4 measured the gather at 2.1 ms at 128k).
+are repeated; the explicit gather trades that memory for simplicity).
 
 Optional `q_positions` / `kv_positions` give the tokens' causal positions in the original order (default
 arange, i.e. the permutation itself); they are gathered through the permutation too. `mminference_attention`

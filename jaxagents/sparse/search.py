@@ -1,5 +1,5 @@
-"""Offline per-head sparse-pattern search (MMInference spec §1.5, §5.4; MInference `search_pattern` (v1) and
-`search_pattern_v2`, `modules/minference_forward.py`): score candidate patterns per query head on calibration
+"""Offline per-head sparse-pattern search (MMInference, arXiv 2504.16083; MInference `search_pattern` (v1) and
+`search_pattern_v2`, `minference/modules/minference_forward.py`): score candidate patterns per query head on calibration
 inputs and keep, per head, the cheapest candidate that recalls enough attention mass.
 
     python -m jaxagents.sparse.search --checkpoint DIR --out config.json --frames 16 --height 448 --width 448
@@ -19,13 +19,13 @@ those with recall >= threshold (and error <= max_error when given) wins, ties go
 no eligible candidate means dense. The written config promises `min_recall`, the lowest recall of the chosen
 entries (dense counts as 1.0), and stores each head's recall as its `score`.
 
-Candidates (`default_candidates`) come in equal-cost buckets [R]: for a budget fraction f of the causal attention
+Candidates (`default_candidates`) come in equal-cost buckets: for a budget fraction f of the causal attention
 area, each pattern gets about f * S / 2 keys per query row (the mean row of a causal triangle has S / 2 keys):
 A-shape (1/8 sinks, 7/8 window), vertical-slash (slash-heavy, balanced, vertical-heavy splits of the budget,
 like MInference's (30, 800) ... (3500, 100) ladder), block top-k, and Q-/2D-boundary variants of the balanced
 vertical-slash; plus a grid candidate over the given strides and dense. MMInference's own search space is
-unpublished; per-modality overrides (`per_modality`) are not searched. Parameters are in tokens of the
-calibration length: a config is meant for inputs of about that length.
+unpublished, so this one is a reconstruction; per-modality overrides (`per_modality`) are not searched.
+Parameters are in tokens of the calibration length: a config is meant for inputs of about that length.
 
 The CLI (`main`) loads a Qwen-VL checkpoint, renders synthetic calibration videos (moving coloured squares) with a
 text prompt, captures every decoder layer's post-RoPE q/k/v (`models.qwen_vl.sparse_prefill.attention_inputs`),
@@ -56,7 +56,7 @@ from kernels_pallas.block_sparse import BlockLayout, block_sparse_attention
 DENSE = {"pattern": "dense"}
 DEFAULT_BUDGETS = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
 PATTERNS = ("a_shape", "vertical_slash", "block_topk", "grid")  # searched besides dense
-THRESHOLD = 0.95  # spec §5.4; MMInference: 5.78 % of the weights recall 95 % of the mass
+THRESHOLD = 0.95  # MMInference (arXiv 2504.16083): 5.78 % of the weights recall 95 % of the mass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -434,7 +434,8 @@ def calibration_sample(config, encode, frames: np.ndarray, block: int, video_fps
   groups, rows, cols = (int(x) for x in grid[0])
   per_group = (rows // merge) * (cols // merge)
   pads = [config.video_token_id] * per_group
-  if family == "qwen3_vl":  # one "<t seconds>" VS pads VE block per frame group (vlm.md §3.4)
+  if family == "qwen3_vl":  # one "<t seconds>" VS pads VE block per frame group (transformers
+    # `Qwen3VLProcessor.replace_video_token`)
     group_ids = [encode(f"<{t:.1f} seconds>") + [config.vision_start_token_id, *pads, config.vision_end_token_id]
                  for t in timing]
     video = [i for ids in group_ids for i in ids]
@@ -511,7 +512,7 @@ def _parse_args(argv):
   parser.add_argument("--frames", type=int, default=16)
   parser.add_argument("--height", type=int, default=448)
   parser.add_argument("--width", type=int, default=448)
-  parser.add_argument("--samples", type=int, default=4, help="calibration videos (spec §5.4: >= 4)")
+  parser.add_argument("--samples", type=int, default=4, help="calibration videos (4 or more recommended)")
   parser.add_argument("--threshold", type=float, default=THRESHOLD, help="recall a chosen pattern must reach")
   parser.add_argument("--max-error", type=float, default=None, help="optional bound on the relative output error")
   parser.add_argument("--block", type=int, default=64, help="block_q = block_kv of the layouts")

@@ -1,5 +1,5 @@
-"""Vertical-slash heads: the top key columns and top diagonals of the last-queries estimate (MMInference spec
-§1.4, §5.3; MInference `modules/minference_forward.py` `vertical_and_slash_kernel` and
+"""Vertical-slash heads: the top key columns and top diagonals of the last-queries estimate (MInference 1.0,
+arXiv 2407.02490; microsoft/MInference `minference/modules/minference_forward.py` `vertical_and_slash_kernel` and
 `csrc/vertical_slash_index.cu` `convert_vertical_slash_indexes`).
 
 From A_hat [R, T] (`estimate.py`), in key-slot coordinates (see `layouts.py`):
@@ -15,8 +15,8 @@ with coordinates [lo_i, hi_i], the keys [lo_i - o, hi_i - o], i.e. a run of key 
 where a causally visible key may sit at a later slot, are covered too.
 
 Deviation: MInference serves vertical columns that fall outside the slash blocks through a separate gathered
-column path (`column_index`); `BlockLayout` has no column path yet (spec §5.1 `cols` is optional and not
-implemented by the kernels), so a selected column lists its whole key block. That is a superset of
+column path (`column_index`); `BlockLayout` has no column path yet (the kernels read block lists
+only), so a selected column lists its whole key block. That is a superset of
 MInference's pattern (more compute, never less accuracy).
 """
 

@@ -1,5 +1,5 @@
-"""The Qwen-VL throughput benchmark: its roofline arithmetic reproduces the spec's byte counts, and it runs end
-to end (tiny model, CPU) producing a table. No timing is asserted."""
+"""The Qwen-VL throughput benchmark: its roofline arithmetic reproduces byte counts taken on the meta device, and
+it runs end to end (tiny model, CPU) producing a table. No timing is asserted."""
 
 import json
 
@@ -12,7 +12,7 @@ from tests.models.qwen_vl import tiny
 
 
 @pytest.mark.parametrize("name,gigabytes", [("qwen2_5_vl_7b", 14.14), ("qwen3_vl_8b", 15.14)])
-def test_decode_bytes_per_step_match_the_spec_meta_device_counts(name, gigabytes):
+def test_decode_bytes_per_step_match_meta_device_parameter_counts(name, gigabytes):
   config = QwenVLConfig.from_hf(PRESETS[name])
   assert bench.decode_bytes_per_step(config, batch=1, context=0) / 1e9 == pytest.approx(gigabytes, abs=0.005)
   # The KV cache adds 2 (k, v) x layers x kv heads x head_dim x 2 bytes per token of context.

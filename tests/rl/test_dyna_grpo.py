@@ -1,4 +1,5 @@
-"""Dyna-GRPO (jaxagents/rl/dyna_grpo.py) against the spec §4 definitions, re-computed with plain loops here."""
+"""Dyna-GRPO (jaxagents/rl/dyna_grpo.py) against Dyna-Mind's definitions (arXiv 2510.09577), re-computed with
+plain loops here."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ from jaxagents.rl import dyna_grpo, grpo
 
 
 def np_refine_advantages(refine_success, standard_returns, refine_returns, standard_ids, refine_ids):
-  """Spec §4: A = 1 iff the refined trajectory succeeds and R > max(mean standard R, mean refined R) of its group."""
+  """A = 1 iff the refined trajectory succeeds and R > max(mean standard R, mean refined R) of its group."""
   out = []
   for success, value, group in zip(refine_success, refine_returns, refine_ids):
     standard = [r for r, g in zip(standard_returns, standard_ids) if g == group]

@@ -1,4 +1,4 @@
-"""PDCR (jaxagents/rl/pdcr.py) against independent numpy/python-loop references, the spec §8.4 oracles and planted
+"""PDCR (jaxagents/rl/pdcr.py) against independent numpy/python-loop references, hand-worked cases and planted
 perception/reasoning steps."""
 
 import itertools
@@ -234,7 +234,7 @@ def test_process_returns_with_unit_gamma_is_reverse_cumsum():
 # ---------------------------------------------------------------- Otsu split and min-max
 
 
-def test_otsu_spec_oracle():
+def test_otsu_splits_a_bimodal_sample_at_the_gap():
   scores = np.array([0.05, 0.1, 0.15, 0.2, 1.8, 2.0, 2.5], np.float32)
   is_visual, threshold = _otsu_split(scores, np.ones(7, bool))
   np.testing.assert_allclose(threshold, 0.2, rtol=1e-7)

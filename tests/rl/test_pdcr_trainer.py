@@ -1,5 +1,5 @@
 """The PDCR post-training job on the "rows" counting task: its per-token advantages equal an independent
-recomputation from the model's own log-probs (per-row forwards and the spec's formulas in numpy), tokens of a step
+recomputation from the model's own log-probs (per-row forwards and PDCR's formulas in numpy), tokens of a step
 share the step's advantage, process="none" is GRPO, and an interrupted run resumes to the same state."""
 
 import copy
@@ -95,7 +95,7 @@ class _RowModel:
 
 def _steps(completion, max_steps):
   """Step index of each token before the first `=` (a step ends with its run of `;`; extra steps merge into the
-  last), written out from the spec's rule."""
+  last), written out from the trainer's documented rule."""
   steps, step, seen_content, after_delimiter = [], 0, False, False
   for token in completion:
     if token == shapes.EQUALS:
@@ -111,7 +111,7 @@ def _steps(completion, max_steps):
 
 
 def _otsu(values):
-  """Perception labels by brute force over every split of the sorted values (spec §3)."""
+  """Perception labels by brute force over every split of the sorted values (Otsu's criterion)."""
   ordered = np.sort(values)
   if len(values) < 2 or ordered[-1] - ordered[0] < 1e-8:
     return np.zeros(len(values), bool)

@@ -1,5 +1,5 @@
 """Verifiable rewards and the Argos-style verifier (jaxagents/rl/rewards.py) on hand-made responses; expected values
-are worked out by hand or by plain loops here (spec §5, §8.2 `argos_reward`)."""
+are worked out by hand or by plain loops here (Argos, arXiv 2512.03438)."""
 
 import numpy as np
 import pytest

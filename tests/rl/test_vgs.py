@@ -1,6 +1,6 @@
 """VGS (jaxagents/rl/vgs.py): the distillation terms against float64 numpy references and TRL's
 `generalized_jsd_loss(beta=1)` re-written in torch; the steering rule and transform on constructed gradients
-(the spec §8.4 oracles); `two_grads` against two separate `jax.grad` calls."""
+(hand-worked cases); `two_grads` against two separate `jax.grad` calls."""
 
 import jax
 import jax.numpy as jnp
@@ -260,7 +260,7 @@ def _random_grads(seed):
   return make(), make()
 
 
-def test_orthogonal_gradients_spec_oracle():
+def test_orthogonal_gradients_are_steered_to_the_standard_norm():
   out, stats = vgs.steer_gradients(np.array([3.0, 0.0]), np.array([0.0, 1.5]), gamma=2.0)
   np.testing.assert_allclose(stats["eta"], 1 / np.sqrt(2), rtol=1e-6)
   np.testing.assert_allclose(out, [2.1213203, 2.1213203], rtol=1e-6)

@@ -1,6 +1,6 @@
 """The VGS distillation job (jaxagents/rl/vgs_trainer.py): an interrupted run resumes to the same state, and one
-distillation update equals the spec's formula (§2, Eq. 13-18, 22) computed here from plain `model.apply` calls with
-and without the image and separate `jax.grad` calls per loss term."""
+distillation update equals VGS's formula (arXiv 2606.00564, Eq. 13-18, 22) computed here from plain `model.apply`
+calls with and without the image and separate `jax.grad` calls per loss term."""
 
 import json
 
@@ -151,7 +151,7 @@ def _update(config, state, batch, advantages, with_grads=False):
 
 
 def _assert_adam_step(job, state, new_params, direction):
-  """new_params is one step of the spec's chain tail, clip_by_global_norm(1) then AdamW from a fresh state, along
+  """new_params is one step of the transform chain's tail, clip_by_global_norm(1) then AdamW from a fresh state, along
   `direction`. Adam's first step is ~lr·sign(g), so it is compared where |g| is far above Adam's ε (there a wrong
   γ, λ or term flips signs); at |g| ~ ε float noise in g moves the step by a fraction of lr."""
   tx = optax.chain(optax.clip_by_global_norm(1.0),

@@ -1,4 +1,5 @@
-"""Independent numpy oracles for the pattern-builder tests (spec §5.5 oracles 2, 4, 5).
+"""Independent numpy oracles for the pattern-builder tests: permutation invariance, layout invariants, planted
+structure.
 
 Nothing here calls the builders' own block logic: layouts are expanded with the kernel package's
 `to_token_mask`, mapped back to the original token order with numpy fancy indexing, and checked against
@@ -25,7 +26,7 @@ def block_mask(layout, kv_len: int) -> np.ndarray:
 
 
 def assert_builder_invariants(layout, q_pos: np.ndarray, kv_pos: np.ndarray, causal: bool = True) -> None:
-  """Spec §5.5 oracle 4 over slot positions q_pos [B, H, S], kv_pos [B, H, T] (original positions per slot).
+  """The layout invariants over slot positions q_pos [B, H, S], kv_pos [B, H, T] (original positions per slot).
 
   The kernel contract (sorted, unique, in range, count <= MAXN, padding repeats the last id); causal-valid
   blocks (each listed block holds some pair kv_pos <= q_pos); every query's own token's key block listed; and

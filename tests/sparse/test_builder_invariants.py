@@ -1,6 +1,6 @@
-"""Every pattern builder keeps the layout invariants of spec §5.5 oracle 4 (kernel contract, causal-valid in
+"""Every pattern builder keeps the layout invariants of `layouts.py` (kernel contract, causal-valid in
 original positions, own-token block listed, no empty rows) across block sizes, MAXN truncation, GQA and
-non-causal use; builders are jit-able and bitwise deterministic (oracle 6); `compose` is the union."""
+non-causal use; builders are jit-able and bitwise deterministic; `compose` is the union."""
 
 import functools
 

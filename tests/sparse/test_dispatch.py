@@ -1,4 +1,4 @@
-"""`mminference_attention` end to end (spec §5.5 oracles 1-3, 6): density-1 configs equal dense causal attention
+"""`mminference_attention` end to end: density-1 configs equal dense causal attention
 (`jaxagents.layers.attention`); sparse, permuted and boundary configs equal dense attention under the layouts'
 token masks mapped back to the original order, in float32 to 1e-5, on the XLA backend and on the Pallas
 Triton kernel in interpret mode; two runs are bitwise equal; bad configs raise ValueErrors."""
@@ -80,7 +80,7 @@ def test_sparse_configs_equal_dense_attention_under_the_layout_masks_in_original
   assert ((mask & causal).sum((-1, -2)) < causal.sum()).all(), "every head should be sparse"
   np.testing.assert_allclose(out, library_attention(q, k, v, causal=True, mask=jnp.asarray(mask)), **F32)
   again = mminference_attention(q, k, v, SPARSE_CONFIGS, ids, block_q=BLOCK, block_kv=BLOCK, backend="xla")
-  np.testing.assert_array_equal(again, out)  # spec §5.5 oracle 6: bitwise deterministic
+  np.testing.assert_array_equal(again, out)  # bitwise deterministic
 
 
 def test_equal_head_configs_share_one_group_and_output_keeps_head_order():
@@ -104,7 +104,7 @@ def test_permuted_path_on_the_pallas_triton_kernel_in_interpret_mode_matches_den
 
 
 def test_permuted_sparse_attention_is_permutation_invariant_with_a_different_permutation_per_head():
-  # pi^-1(kernel(pi q, pi k, pi v)) == attention(q, k, v) under the mask M[pi^-1, pi^-1] (spec §5.5 oracle 2).
+  # pi^-1(kernel(pi q, pi k, pi v)) == attention(q, k, v) under the mask M[pi^-1, pi^-1].
   q, k, v, _ = _inputs(q_heads=4, kv_heads=2)
   rng = np.random.default_rng(4)
   perms = np.stack([np.stack([rng.permutation(S) for _ in range(4)]) for _ in range(2)]).astype(np.int32)

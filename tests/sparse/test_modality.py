@@ -1,7 +1,7 @@
-"""Modality permutations (spec §1.3, §5.3): tokens grouped by modality with their order kept inside a modality,
-inverses that restore the original order, and boundary layouts whose per-modality sub-patterns cover exactly
-their sub-blocks. A planted vision slash that text spans cut in the original order is found as one diagonal
-after the 2D permutation."""
+"""Modality permutations (MMInference's Q-/2D-boundary heads, arXiv 2504.16083): tokens grouped by modality
+with their order kept inside a modality, inverses that restore the original order, and boundary layouts whose
+per-modality sub-patterns cover exactly their sub-blocks. A planted vision slash that text spans cut in the
+original order is found as one diagonal after the 2D permutation."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Builders find planted structure (spec §5.5 oracle 5): A-shape lists exactly the sink and window blocks;
+"""Builders find planted structure: A-shape lists exactly the sink and window blocks;
 vertical-slash picks planted heavy columns and a planted diagonal and always keeps MInference's forced ones;
 block top-k picks planted heavy blocks; `grid` recovers a planted stride and phase per head, orders tokens
 phase-major, and its layout recalls >= 95 % of the true attention mass."""
@@ -9,7 +9,7 @@ import pytest
 from jaxagents.sparse import a_shape, block_topk, grid, grid_search, vertical_slash
 from tests.sparse.oracles import block_mask, causal_probs, original_token_mask, perm_positions, recall
 
-RECALL_THRESHOLD = 0.95  # spec §5.4: the cheapest candidate above a 0.95 recall
+RECALL_THRESHOLD = 0.95  # the search keeps the cheapest candidate above a 0.95 recall
 
 
 def test_a_shape_lists_exactly_the_sink_and_window_blocks():

@@ -1,4 +1,4 @@
-"""The offline per-head search (spec §5.4, `jaxagents.sparse.search`): on synthetic q/k with planted per-head
+"""The offline per-head search (`jaxagents.sparse.search`): on synthetic q/k with planted per-head
 structure it picks the planted pattern and dense for an unstructured head; its recall, output error and density
 equal independent numpy computations (dense softmax / attention over the layouts' token masks); the choice is
 the cheapest candidate above the threshold; `min_recall` is the minimum over the chosen heads; runs are
