@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxagents.bench.report import cell, median_time, publish
+from jaxagents.generation import SamplingConfig, generate
 from jaxagents.models.qwen_vl.config import QwenVLConfig
-from jaxagents.models.qwen_vl.generate import SamplingConfig, generate
+from jaxagents.models.qwen_vl.inputs import ModelInputs
 from jaxagents.models.qwen_vl.model import QwenVL
 from jaxagents.models.qwen_vl.presets import PRESETS
 from jaxagents.models.qwen_vl.vision_layout import vision_inputs
@@ -99,9 +100,10 @@ def run(config: QwenVLConfig, batches: Sequence[int], prompt_len: int, new_token
     mask = np.ones_like(ids, bool)
     positions = np.broadcast_to(np.arange(prompt_len, dtype=np.int32), (3, batch, prompt_len))
     base = np.full((3, batch), prompt_len - 1, np.int32)
-    prefill = median_time(lambda: generate(model, params, ids, mask, positions, base,  # noqa: B023
+    inputs = ModelInputs(ids, mask, positions, base, None)
+    prefill = median_time(lambda: generate(model, params, inputs,  # noqa: B023
                                             sampling=SamplingConfig(1), cache_dtype=dtype).tokens, repeats)
-    total = median_time(lambda: generate(model, params, ids, mask, positions, base,  # noqa: B023
+    total = median_time(lambda: generate(model, params, inputs,  # noqa: B023
                                           sampling=SamplingConfig(new_tokens), cache_dtype=dtype).tokens, repeats)
     decode_time = max(total - prefill, 1e-9)
     context = prompt_len + new_tokens // 2

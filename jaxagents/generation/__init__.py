@@ -1,0 +1,28 @@
+"""Model-agnostic sampling, decoding, scoring and group rollouts for cached decoders (QwenVL, CausalLM).
+
+`generate` (decode.py) runs prefill + a compiled decode loop over a KV cache and returns tokens, log-probs and
+lengths; `completion_logprobs` (scoring.py) recomputes log-probs teacher-forced, under the same sampling
+distribution (sampling.py); `rollout` (rollout.py) samples groups and lays them out for that recompute. Models are
+reached only through the decoder protocol (decode.py) and inputs through `PromptBatch` (inputs.py); nothing here
+imports a model, a task or a training loop.
+"""
+
+from jaxagents.generation.decode import Generation, generate
+from jaxagents.generation.inputs import PromptBatch, TokenInputs, roll_to_left_padding
+from jaxagents.generation.rollout import Rollout, rollout
+from jaxagents.generation.sampling import SamplingConfig, choose, sampling_logits
+from jaxagents.generation.scoring import completion_logprobs
+
+__all__ = [
+  "Generation",
+  "PromptBatch",
+  "Rollout",
+  "SamplingConfig",
+  "TokenInputs",
+  "choose",
+  "completion_logprobs",
+  "generate",
+  "roll_to_left_padding",
+  "rollout",
+  "sampling_logits",
+]
