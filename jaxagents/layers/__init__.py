@@ -5,7 +5,7 @@ with `from jaxagents.layers.attention import ...`.
 """
 
 from jaxagents.layers.adaln import AdaLNModulation, modulate
-from jaxagents.layers.attention import ATTENTION_BACKENDS, attention, make_attention_mask
+from jaxagents.layers.attention import ATTENTION_BACKENDS, SegmentPacking, attention, make_attention_mask
 from jaxagents.layers.attention_block import SelfAttention
 from jaxagents.layers.block import TransformerBlock, make_norm
 from jaxagents.layers.embeddings import Embed, sinusoidal_timestep_embedding
@@ -33,6 +33,7 @@ __all__ = [
   "MLP",
   "REMAT_POLICIES",
   "RMSNorm",
+  "SegmentPacking",
   "SelfAttention",
   "TransformerBlock",
   "activation",

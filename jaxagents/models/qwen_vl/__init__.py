@@ -3,12 +3,12 @@ transformers 5.23's `models/qwen2_vl`, `models/qwen2_5_vl` and `models/qwen3_vl`
 
 Typical use: `config, params = load_params(checkpoint_dir)`; on the host, `preprocess_images` /
 `preprocess_video` and `expand_prompt`, then `prepare_inputs` (positions + vision layout, with named errors);
-`QwenVL(config).apply({'params': params}, ...)` for logits, or `generate(...)` for tokens and per-token log-probs.
+`QwenVL(config).apply({'params': params}, *inputs.model_args())` for logits, or `generate(model, params, inputs,
+sampling=...)` (`jaxagents.generation`) for tokens and per-token log-probs.
 """
 
 from jaxagents.models.qwen_vl.config import QwenVLConfig, TextConfig, VisionConfig
 from jaxagents.models.qwen_vl.convert import hf_to_params, load_params, params_to_hf, save_params
-from jaxagents.models.qwen_vl.generate import Generation, SamplingConfig, generate
 from jaxagents.models.qwen_vl.inputs import ModelInputs, prepare_inputs
 from jaxagents.models.qwen_vl.model import QwenVL
 from jaxagents.models.qwen_vl.positions import decode_positions, mm_token_type_ids, rope_deltas, rope_index
@@ -24,19 +24,16 @@ from jaxagents.models.qwen_vl.preprocess import (
 from jaxagents.models.qwen_vl.vision_layout import VisionInputs, vision_inputs
 
 __all__ = [
-  "Generation",
   "ImageOptions",
   "ModelInputs",
   "VideoOptions",
   "QwenVL",
   "QwenVLConfig",
-  "SamplingConfig",
   "TextConfig",
   "VisionConfig",
   "VisionInputs",
   "decode_positions",
   "expand_prompt",
-  "generate",
   "hf_to_params",
   "load_params",
   "mm_token_type_ids",

@@ -1,18 +1,20 @@
 """Qwen2-VL / Qwen2.5-VL / Qwen3-VL: vision tower + decoder LLM (arXiv 2409.12191, 2502.13923, 2511.21631;
 transformers `models/qwen2_vl/modeling_qwen2_vl.py` and its Qwen2.5-VL / Qwen3-VL siblings).
 
-`QwenVL.__call__` embeds the tokens, runs the vision tower once on every image and video patch of the batch,
-scatters the merged features into the placeholder tokens (row-major over (batch, sequence), images first, then
-videos, as transformers' `masked_scatter` does), and runs the decoder with M-RoPE positions computed on the
-host (`positions.rope_index`). Qwen3-VL's DeepStack features go to the same placeholders after the first
-decoder layers. With a `KVCache` the same call is the prefill (L prompt tokens at slot 0, vision inputs given)
-or a decode step (new tokens at slot `cache_index`, no vision inputs): one graph for rollout and training.
+`QwenVL.__call__` embeds the tokens, runs the vision tower once per prompt (rows that share a prompt, e.g. a
+GRPO group, share its run through `row_prompt`), scatters each prompt's merged features into the placeholder
+tokens of the rows that read it (images first, then videos, as transformers' `masked_scatter` does within a
+row), and runs the decoder with M-RoPE positions computed on the host (`positions.rope_index`). Qwen3-VL's
+DeepStack features go to the same placeholders after the first decoder layers. With a `KVCache` the same call
+is the prefill (L prompt tokens at slot 0, vision inputs given) or a decode step (new tokens at slot
+`cache_index`, no vision inputs): one graph for rollout and training.
 With a `sparse_config` the prefill's decoder attention is MMInference sparse attention (arXiv 2504.16083), with
 modality ids read from the placeholders (`sparse_prefill.modality_ids`); decode steps stay dense (`text.py`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
@@ -34,29 +36,38 @@ Dtype = Any
 
 
 def scatter_features(
-  embeds: jax.Array, input_ids: jax.Array, features: jax.Array, image_token_id: int, video_token_id: int
+  embeds: jax.Array,
+  input_ids: jax.Array,
+  features: jax.Array,
+  image_token_id: int,
+  video_token_id: int,
+  row_prompt: jax.Array | None = None,
 ) -> jax.Array:
-  """Replaces placeholder embeddings by vision features, in transformers' order
-  (`get_placeholder_mask`, then `masked_scatter`).
+  """Replaces placeholder embeddings by the vision features of each row's prompt, in transformers' order
+  within a row (`get_placeholder_mask`, then `masked_scatter`).
 
-  The k-th image placeholder in row-major (batch, sequence) order takes `features[k]`; the k-th video
-  placeholder takes `features[num_image_placeholders + k]` (the tower saw images first, then videos). Padding
-  rows of `features` beyond the placeholders are never read. The host checks that the counts agree
-  (`inputs.prepare_inputs` runs `positions.rope_index`, which raises on a mismatch); under `jit` it cannot.
+  The k-th image placeholder of row b takes `features[n, k]`, n = row_prompt[b]; its k-th video placeholder
+  takes `features[n, num_image_placeholders_of_row_b + k]` (the tower saw each prompt's images, then its
+  videos). Everything is per row, so rows and prompts shard together along the batch. Padding features beyond
+  the placeholders are never read. The host checks that the counts agree (`inputs.prepare_inputs` runs
+  `positions.rope_index`, which raises on a mismatch); under `jit` it cannot.
 
   Args:
-    embeds: [B, L, D]; input_ids: [B, L] int; features: [U, D].
+    embeds: [B, L, D]; input_ids: [B, L] int; features: [N, U, D].
+    row_prompt: [B] int, the prompt each row reads; None: row b reads prompt b (N == B).
   Returns:
     [B, L, D] in embeds.dtype.
   """
-  is_image = (input_ids == image_token_id).reshape(-1)
-  is_video = (input_ids == video_token_id).reshape(-1)
-  image_rank = jnp.cumsum(is_image) - 1
-  video_rank = jnp.sum(is_image) + jnp.cumsum(is_video) - 1
-  index = jnp.clip(jnp.where(is_image, image_rank, video_rank), 0, features.shape[0] - 1)
-  flat = embeds.reshape(-1, embeds.shape[-1])
-  flat = jnp.where((is_image | is_video)[:, None], features[index].astype(embeds.dtype), flat)
-  return flat.reshape(embeds.shape)
+  is_image = input_ids == image_token_id
+  is_video = input_ids == video_token_id
+  image_rank = jnp.cumsum(is_image, axis=1) - 1
+  video_rank = jnp.sum(is_image, axis=1, keepdims=True) + jnp.cumsum(is_video, axis=1) - 1
+  index = jnp.clip(jnp.where(is_image, image_rank, video_rank), 0, features.shape[1] - 1)
+  if row_prompt is None:
+    placed = jnp.take_along_axis(features, index[..., None], axis=1)
+  else:
+    placed = features[jnp.asarray(row_prompt)[:, None], index]
+  return jnp.where((is_image | is_video)[..., None], placed.astype(embeds.dtype), embeds)
 
 
 class QwenVL(nn.Module):
@@ -91,6 +102,7 @@ class QwenVL(nn.Module):
     positions: jax.Array,
     attention_mask: jax.Array,
     vision: VisionInputs | None = None,
+    row_prompt: jax.Array | None = None,
     *,
     cache: KVCache | None = None,
     cache_index: jax.Array | int = 0,
@@ -103,7 +115,10 @@ class QwenVL(nn.Module):
       input_ids: [B, L] int, left-padded when batched for generation.
       positions: [3, B, L] int M-RoPE positions from `positions.rope_index`.
       attention_mask: [B, L] bool/int, 1 at real tokens.
-      vision: `VisionInputs` of all images and videos in the batch, or None (text only, or a decode step).
+      vision: `VisionInputs` of N prompts (`vision_layout`), or None (text only, or a decode step). The tower
+        runs once per prompt, however many rows read it.
+      row_prompt: [B] int, the prompt whose features row b's placeholders take (rows of a GRPO group share
+        one); None: row b reads prompt b.
       cache: stacked `KVCache` [num_layers, B, S_max, Hk, D]; None runs without one (training, scoring).
       cache_index: cache slot of input_ids[:, 0].
       kv_mask: [B, S_max] bool key mask over the cache (prompt mask then generated slots); required with a
@@ -122,16 +137,22 @@ class QwenVL(nn.Module):
         f"kv_mask: with a cache, expected bool [B, S_max] = {(input_ids.shape[0], cache.k.shape[2])}, "
         f"got {None if kv_mask is None else kv_mask.shape}"
       )
+    if vision is not None:
+      prompts = jnp.shape(vision.patches)[0]
+      if row_prompt is None and prompts != input_ids.shape[0]:
+        raise ValueError(f"vision: without row_prompt, expected one prompt per row (N = B = {input_ids.shape[0]}), "
+                         f"got N = {prompts} (patches {jnp.shape(vision.patches)})")
+      if row_prompt is not None and jnp.shape(row_prompt) != input_ids.shape[:1]:
+        raise ValueError(f"row_prompt: expected [B] = {input_ids.shape[:1]}, got {jnp.shape(row_prompt)}")
     embeds = self.text.embed_tokens(input_ids)
     deepstack = None
     if vision is not None:
       features, deepstack_features = self.visual(vision)
-      embeds = scatter_features(embeds, input_ids, features, c.image_token_id, c.video_token_id)
+      scatter = functools.partial(scatter_features, input_ids=input_ids, image_token_id=c.image_token_id,
+                                  video_token_id=c.video_token_id, row_prompt=row_prompt)
+      embeds = scatter(embeds, features=features)
       if deepstack_features:
-        deepstack = jnp.stack([
-          scatter_features(jnp.zeros_like(embeds), input_ids, f, c.image_token_id, c.video_token_id)
-          for f in deepstack_features
-        ])
+        deepstack = jnp.stack([scatter(jnp.zeros_like(embeds), features=f) for f in deepstack_features])
     key_mask = attention_mask.astype(bool) if cache is None else kv_mask.astype(bool)
     modalities = None if self.sparse_config is None else modality_ids(input_ids, c)
     hidden, cache = self.text(embeds, positions, key_mask, cache=cache, cache_index=cache_index,

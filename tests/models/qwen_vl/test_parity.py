@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from jaxagents.models.qwen_vl import convert  # noqa: E402
+from jaxagents.models.qwen_vl.inputs import row_vision_inputs  # noqa: E402
 from jaxagents.models.qwen_vl.model import QwenVL  # noqa: E402
 from jaxagents.models.qwen_vl.vision_layout import vision_inputs  # noqa: E402
 from tests.models.qwen_vl import tiny  # noqa: E402
@@ -33,11 +34,11 @@ def loaded(request, tmp_path_factory):
 
 
 def _vision(config, inputs):
-  if "pixel_values" in inputs:
-    return vision_inputs(inputs["pixel_values"], inputs["image_grid_thw"], config, pad_to=56)
-  if "pixel_values_videos" in inputs:
-    return vision_inputs(inputs["pixel_values_videos"], inputs["video_grid_thw"], config, pad_to=60)
-  return None
+  """One prompt per row, padded past the largest row (48 image, 32 video patches) to exercise the padding."""
+  keys = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+  pad = 56 if "pixel_values" in inputs else 60
+  return row_vision_inputs(config, inputs["input_ids"], pad_patches_to=pad, **{k: inputs[k] for k in keys
+                                                                               if k in inputs})
 
 
 def _relative_error(ours, ref, mask):

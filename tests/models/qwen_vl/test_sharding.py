@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec
 from jaxagents import sharding as mesh_lib
 from jaxagents.models.qwen_vl import sharding
 from jaxagents.models.qwen_vl.config import QwenVLConfig
+from jaxagents.models.qwen_vl.inputs import ModelInputs, row_vision_inputs
 from jaxagents.models.qwen_vl.model import QwenVL
 from jaxagents.models.qwen_vl.presets import PRESETS
 from jaxagents.models.qwen_vl.vision_layout import vision_inputs
@@ -61,13 +62,18 @@ def test_indivisible_dimension_is_named():
     sharding.param_shardings(_abstract(config), mesh, rules)
 
 
-def test_sharded_tiny_model_matches_one_device():
+@pytest.mark.parametrize("copies", [1, 2])
+def test_sharded_tiny_model_matches_one_device(copies):
+  """copies=2: GRPO-style groups, rows reading their prompt's vision features through row_prompt."""
   config = QwenVLConfig.from_hf(tiny.QWEN3_VL)
   inputs = tiny.batch("qwen3_vl", "images")
   positions = np.broadcast_to(np.cumsum(inputs["attention_mask"], 1) - 1, (3, *inputs["input_ids"].shape))
-  vision = vision_inputs(inputs["pixel_values"], inputs["image_grid_thw"], config)
+  vision = row_vision_inputs(config, inputs["input_ids"], pixel_values=inputs["pixel_values"],
+                             image_grid_thw=inputs["image_grid_thw"])
+  batch = ModelInputs(inputs["input_ids"], inputs["attention_mask"], positions, positions[:, :, -1], vision)
+  batch = batch.repeat(copies) if copies > 1 else batch
   model = QwenVL(config)
-  args = (inputs["input_ids"], positions, inputs["attention_mask"], vision)
+  args = (batch.input_ids, batch.positions, batch.attention_mask, batch.vision, batch.row_prompt)
   params = jax.jit(model.init)(jax.random.key(0), *args)
   expected, _ = jax.jit(model.apply)(mesh_lib.unbox(params), *args)
 

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 from jaxagents import layers
+from jaxagents.generation import SamplingConfig, generate
 from jaxagents.layers.attention import attention
 from jaxagents.models.qwen_vl.config import QwenVLConfig
-from jaxagents.models.qwen_vl.generate import SamplingConfig, generate
 from jaxagents.models.qwen_vl.inputs import prepare_inputs
 from jaxagents.models.qwen_vl.model import QwenVL, scatter_features
 from jaxagents.models.qwen_vl.sparse_prefill import attention_inputs, modality_ids
@@ -183,8 +183,7 @@ def test_generate_with_a_sparse_model_prefills_sparse_and_decodes_dense(small):
   config, _, inputs, _, params, logits = small
   sparse_config = SparseAttentionConfig.from_layers(DENSE_PATTERN_HEADS, block_q=16, block_kv=16)
   sparse_model = QwenVL(config, sparse_config=sparse_config)
-  sparse = generate(sparse_model, params, inputs.input_ids, inputs.attention_mask, inputs.positions,
-                    inputs.decode_base, inputs.vision, sampling=SamplingConfig(2), cache_dtype=jnp.float32)
+  sparse = generate(sparse_model, params, inputs, sampling=SamplingConfig(2), cache_dtype=jnp.float32)
   greedy = np.argmax(logits[:, -1], axis=-1)
   np.testing.assert_array_equal(sparse.tokens[:, 0], greedy)
   first_logprob = np.take_along_axis(jax.nn.log_softmax(logits[:, -1]), greedy[:, None], axis=-1)[:, 0]
