@@ -13,9 +13,11 @@ process id (see docs/multihost.md).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -50,6 +52,28 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
   ("cache_heads", "tensor"),
   ("cache_kv", None),
 )
+
+
+_ACTIVE: contextvars.ContextVar[tuple[Mesh, tuple] | None] = contextvars.ContextVar("jaxagents_mesh", default=None)
+
+
+@contextlib.contextmanager
+def active(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Iterator[None]:
+  """Makes (mesh, rules) the ones `shard_batch`, `host_rows` and `current` use when not given; the train loop runs
+  a task's `prepare`, `evaluate` and `write_samples` inside it, so host code shards its arrays like the loop."""
+  token = _ACTIVE.set((mesh, tuple(rules)))
+  try:
+    yield
+  finally:
+    _ACTIVE.reset(token)
+
+
+def current() -> tuple[Mesh, tuple]:
+  """The (mesh, rules) of the innermost `active` block; outside one, a 1-device mesh of the first local device."""
+  value = _ACTIVE.get()
+  if value is None:
+    return make_mesh({}, jax.local_devices()[:1]), DEFAULT_RULES
+  return value
 
 
 def maybe_initialize_distributed() -> bool:
@@ -134,34 +158,85 @@ def unbox(tree: Any) -> Any:
   )
 
 
-def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> NamedSharding:
-  """Sharding for host batches: the leading (batch) dimension over the data-parallel axes."""
-  return NamedSharding(mesh, nn.logical_to_mesh_axes(("activation_batch",), list(rules)))
+def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES, axis: int = 0) -> NamedSharding:
+  """Sharding for host batches: dimension `axis` (the batch) over the data-parallel axes, the others whole."""
+  batch_axes = nn.logical_to_mesh_axes(("activation_batch",), list(rules))[0]
+  return NamedSharding(mesh, PartitionSpec(*([None] * axis), batch_axes))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def shard_batch(batch: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
+def batch_axes(batch: Any) -> Any:
+  """The batch axis of every leaf of `batch`: 0, except inside objects with a `batch_axes()` method (e.g. Qwen-VL's
+  `ModelInputs`, whose M-RoPE positions are [3, B, L]), which give their own."""
+  has_axes = lambda node: hasattr(node, "batch_axes") and not isinstance(node, type)
+  return jax.tree.map(lambda node: node.batch_axes() if has_axes(node) else 0, batch, is_leaf=has_axes)
+
+
+def _data_parallel_size(mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> int:
+  axes = nn.logical_to_mesh_axes(("activation_batch",), list(rules))[0]
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  return math.prod(mesh.shape[axis] for axis in axes)
+
+
+def shard_batch(batch: Any, mesh: Mesh | None = None, rules: Sequence[tuple[str, Any]] | None = None) -> Any:
   """Turns each host's local numpy batch into global arrays sharded over the data-parallel axes.
 
-  Every host passes its own slice (`batch_size` per host); the global batch is their concatenation, which
-  is what `jax.make_array_from_process_local_data` assembles on multi-host runs.
+  Every host passes its own rows (`batch_size` per host); the global batch is their concatenation along each
+  leaf's batch axis (`batch_axes`), which is what `jax.make_array_from_process_local_data` assembles on multi-host
+  runs. Leaves that are already `jax.Array`s (computed under the mesh, e.g. by a rollout) are left as they are.
+  Objects with a `to_global(process_index, process_count)` method (Qwen-VL's `ModelInputs`, whose rows index their
+  prompts) are turned into their part of the global batch first. `mesh` and `rules` default to `current()`.
   """
-  sharding = batch_sharding(mesh, rules)
-  data_parallel = sharding.num_devices // math.prod(
-    size for axis, size in mesh.shape.items() if axis not in jax.tree.leaves(tuple(sharding.spec))
-  )
+  mesh, rules = _mesh_and_rules(mesh, rules)
+  data_parallel = _data_parallel_size(mesh, rules)
+  if jax.process_count() > 1:  # host-local indices (e.g. a row's prompt) become indices into the global batch
+    is_part = lambda node: hasattr(node, "to_global") and not isinstance(node, type)
+    batch = jax.tree.map(lambda node: node.to_global(jax.process_index(), jax.process_count()) if is_part(node)
+                         else node, batch, is_leaf=is_part)
 
-  def put(x):
+  def put(x, axis):
+    if isinstance(x, jax.Array):
+      return x
     x = np.asarray(x)
-    global_batch = x.shape[0] * jax.process_count()
+    global_batch = x.shape[axis] * jax.process_count()
     if global_batch % data_parallel:
       raise ValueError(
         f"batch: the global batch size {global_batch} must be divisible by the data-parallel mesh size "
-        f"{data_parallel} (mesh {dict(mesh.shape)})."
+        f"{data_parallel} (mesh {dict(mesh.shape)}; a leaf of shape {x.shape}, batch axis {axis})."
       )
-    return jax.make_array_from_process_local_data(sharding, x)
+    return jax.make_array_from_process_local_data(batch_sharding(mesh, rules, axis), x)
 
-  return jax.tree.map(put, batch)
+  return jax.tree.map(put, batch, batch_axes(batch))
+
+
+def host_rows(batch: Any, mesh: Mesh | None = None, rules: Sequence[tuple[str, Any]] | None = None) -> Any:
+  """The inverse of `shard_batch`: this host's rows of global arrays, as numpy (all of them on one host).
+
+  Rewards and other host-side scoring read a rollout's tokens this way, each host for its own rows.
+  """
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, batch)
+  mesh, rules = _mesh_and_rules(mesh, rules)
+  from jax.experimental import multihost_utils
+
+  def local(x, axis):
+    spec = batch_sharding(mesh, rules, axis).spec
+    return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, spec))
+
+  return jax.tree.map(local, batch, batch_axes(batch))
+
+
+def _mesh_and_rules(mesh, rules):
+  if mesh is None:
+    mesh, default_rules = current()
+    return mesh, default_rules if rules is None else rules
+  return mesh, DEFAULT_RULES if rules is None else rules
+
+
+def data_parallel_size(mesh: Mesh | None = None, rules: Sequence[tuple[str, Any]] | None = None) -> int:
+  """The number of batch shards (the product of the mesh axes `activation_batch` maps to)."""
+  mesh, rules = _mesh_and_rules(mesh, rules)
+  return _data_parallel_size(mesh, rules)

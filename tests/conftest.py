@@ -1,14 +1,24 @@
-"""Test-wide settings: CPU only, eight fake devices for the sharding tests, deterministic seeds."""
+"""Test-wide settings: CPU only, eight fake devices for the sharding tests, deterministic seeds, and one persistent
+compilation cache for the session's processes (the xdist workers and the jobs the tests launch), so a program
+compiled by one test is read from disk by the next."""
 
 import os
+import tempfile
 
 # Must run before jax is imported anywhere in the test session.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
+# Subprocesses (the entry-point tests) inherit the variable; this process enables the cache below.
+os.environ.setdefault("JAXAGENTS_COMPILATION_CACHE", os.path.join(tempfile.gettempdir(), "jaxagents-tests-xla"))
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+from jaxagents import compilation_cache  # noqa: E402
+
+compilation_cache.enable()
 
 
 @pytest.fixture(autouse=True)

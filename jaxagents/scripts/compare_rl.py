@@ -1,9 +1,9 @@
 """GRPO (sparse outcome reward) vs PACR vs PDCR on the shipped counting task, over several seeds; prints a table.
 
-    python -m jaxagents.rl.compare --workdir runs/compare --seeds 0 1 2
+    python -m jaxagents.scripts.compare_rl --workdir runs/compare --seeds 0 1 2
 
 Every method runs the job of `--config` (default configs/pdcr_shapes.py: the multi-step "rows" answer format, so
-that there are steps to credit) with only the process-advantage option changed (`METHODS`):
+that there are steps to credit) with only the advantage estimator changed (`METHODS`):
   grpo  outcome-only group-normalized advantage (GRPO, arXiv 2402.03300), the sparse baseline;
   pacr  outcome + confidence-gain process advantage in one pool (PACR, arXiv 2510.22255; Eq. 5 of PDCR);
   pdcr  outcome + perception/reasoning-decomposed process advantage (PDCR, arXiv 2605.13467, Eq. 12-14).
@@ -33,18 +33,20 @@ from jaxagents import train as train_lib
 
 # method -> overrides of config.rl (the only difference between methods).
 METHODS: dict[str, dict] = {
-  "grpo": {"process": "none"},
-  "pacr": {"process": "pacr"},
-  "pdcr": {"process": "pdcr"},
+  "grpo": {"advantage": "grpo"},
+  "pacr": {"advantage": "pacr"},
+  "pdcr": {"advantage": "pdcr"},
 }
 _REWARDS = ("eval/sampled_reward", "eval/reward")
 
 
 def load_config(path: str):
+  """`get_config(arg)` of a config file named as on the command line (`configs/x.py` or `configs/x.py:arg`)."""
+  path, _, arg = path.partition(":")
   spec = importlib.util.spec_from_file_location("compare_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(arg or None)
 
 
 def _config(path: str, seed: int, rl_overrides: dict, rl_steps: int | None):

@@ -11,7 +11,8 @@ Files: `layouts.py` (coordinates, causal/diagonal blocks, scores -> BlockLayout,
 `grid.py`), `modality.py` (Q-/2D-boundary permutations and sub-layouts), `patterns.py` (the pattern
 table), `permuted.py` (attention over permuted tokens), `dispatch.py` (per-head dispatcher), `config.py` (a
 model's versioned per-layer/per-head JSON config), `minference_format.py` (MInference's published list format),
-`search.py` (the offline per-head search, `python -m jaxagents.sparse.search`). A model runs a config through
+`search.py` (the offline per-head search over captured q/k/v; Qwen-VL's calibration CLI that captures them is
+`models/qwen_vl/sparse_search.py`). A model runs a config through
 `attention(..., backend="sparse", sparse_config=...)`, e.g. `QwenVL(config, sparse_config=...)` for its prefill.
 MMInference's code is not public: `grid.py` and `modality.py` are reconstructions from the paper's description,
 and their docstrings say which steps are ours.

@@ -13,8 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxagents import optim
 from jaxagents.data.sorting import SortingSource
 from jaxagents.models.causal_lm import CausalLM, CausalLMConfig
+from jaxagents.tasks.base import Optimizer, single_phase
 
 _EVAL_SEED_OFFSET = 1_000_003  # held-out records come from another seed, never from the training stream
 
@@ -26,37 +28,45 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array)
 
 
 class SortingLM:
-  """Task: learn to sort `config.data.length` symbols drawn from `config.data.num_symbols`."""
+  """Task: learn to sort `config.data.length` symbols drawn from `config.data.num_symbols` (one phase, one loss)."""
 
   def __init__(self, config):
+    self.config = config
+    self.phases = single_phase(config)
     data = config.data
-    self.source = SortingSource(
+    self.train_records = SortingSource(
       data.num_train_records, length=data.length, num_symbols=data.num_symbols, seed=config.seed
     )
     self.eval_source = SortingSource(
       data.num_eval_records, length=data.length, num_symbols=data.num_symbols,
       seed=config.seed + _EVAL_SEED_OFFSET,
     )
-    self.model_config = CausalLMConfig(vocab_size=self.source.vocab_size, **config.model)
+    self.model_config = CausalLMConfig(vocab_size=self.train_records.vocab_size, **config.model)
     self.model = CausalLM(self.model_config, dtype=jnp.dtype(config.get("compute_dtype", "float32")))
 
-  def init_params(self, rng):
-    tokens = jnp.zeros((1, self.source.sequence_length), jnp.int32)
-    return self.model.init(rng, tokens)["params"]
+  def init(self, rng):
+    tokens = jnp.zeros((1, self.train_records.sequence_length), jnp.int32)
+    return {"params": self.model.init(rng, tokens)["params"]}
 
-  def loss_fn(self, params, batch, rng):
-    del rng  # deterministic model: no dropout
+  def optimizers(self):
+    tx, schedule = optim.make_optimizer(self.config.optimizer, self.config.total_steps)
+    return {"main": Optimizer(tx, schedule=schedule)}
+
+  def loss(self, params, batch, rng, phase):
+    del rng, phase  # deterministic model: no dropout; one phase
     logits = self.model.apply({"params": params}, batch["inputs"])
     loss = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
     return loss, self._accuracy_metrics(logits, batch)
 
-  def train_source(self):
-    return self.source
+  def source(self, phase):
+    del phase
+    return self.train_records
 
-  def evaluate(self, params) -> dict[str, float]:
+  def evaluate(self, state, step) -> dict[str, float]:
+    del step
     records = [self.eval_source[i] for i in range(len(self.eval_source))]
     batch = {key: np.stack([r[key] for r in records]) for key in records[0]}
-    metrics = self._eval_step(params, batch)
+    metrics = self._eval_step(state["params"], batch)
     return {f"eval/{key}": float(value) for key, value in metrics.items()}
 
   @functools.partial(jax.jit, static_argnums=0)

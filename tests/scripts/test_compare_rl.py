@@ -1,6 +1,6 @@
 """The comparison script's table: means and sample stds over seeds and per-seed changes, on hand-made results."""
 
-from jaxagents.rl import compare
+from jaxagents.scripts import compare_rl as compare
 
 
 def _run(sampled_before, sampled_after, greedy_before, greedy_after, seconds):

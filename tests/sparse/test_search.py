@@ -2,27 +2,22 @@
 structure it picks the planted pattern and dense for an unstructured head; its recall, output error and density
 equal independent numpy computations (dense softmax / attention over the layouts' token masks); the choice is
 the cheapest candidate above the threshold; `min_recall` is the minimum over the chosen heads; runs are
-deterministic; the CLI writes a loadable config for a tiny random Qwen-VL checkpoint."""
+deterministic. (The Qwen-VL calibration CLI is tested in tests/models/qwen_vl/test_sparse_search.py.)"""
 
 import json
 
 import numpy as np
 import pytest
 
-from jaxagents.models.qwen_vl import QwenVLConfig, save_params
 from jaxagents.sparse import build_head_layout, parse_head_config
-from jaxagents.sparse.config import SparseAttentionConfig
 from jaxagents.sparse.search import (
   Candidate,
   LayerScores,
   calibration_hash,
   choose,
   default_candidates,
-  main,
-  random_params,
   search,
 )
-from tests.models.qwen_vl.tiny import TINY
 from tests.sparse.oracles import block_mask, causal_probs, identity_positions, original_token_mask, perm_positions
 
 S, D, BLOCK = 512, 32, 32
@@ -199,23 +194,3 @@ def test_default_candidates_are_valid_unique_equal_budget_buckets():
   for bad in ({"budgets": (0.0,)}, {"budgets": (1.5,)}, {"patterns": ("stripes",)}):
     with pytest.raises(ValueError, match="default_candidates"):
       default_candidates(512, **bad)
-
-
-def test_cli_writes_a_deterministic_loadable_config_for_a_tiny_qwen_vl_checkpoint(tmp_path, capsys):
-  config = QwenVLConfig.from_hf(TINY["qwen2_vl"])
-  checkpoint = tmp_path / "tiny_qwen2_vl"
-  save_params(random_params(config, seed=0), config, str(checkpoint))
-  args = ["--checkpoint", str(checkpoint), "--frames", "4", "--height", "112", "--width", "112", "--samples", "2",
-          "--block", "32", "--budgets", "0.5", "--patterns", "a_shape,grid", "--no-boundary"]
-  result = main([*args, "--out", str(tmp_path / "a.json")])
-  table = capsys.readouterr().out
-  loaded = SparseAttentionConfig.load(tmp_path / "a.json")
-  assert loaded == result
-  assert (loaded.num_layers, loaded.num_heads) == (config.text.num_layers, config.text.num_heads)
-  assert (loaded.block_q, loaded.block_kv, loaded.model, len(loaded.calib_hash)) == (32, 32, "tiny_qwen2_vl", 64)
-  scores = [entry["score"] for layer in range(loaded.num_layers) for entry in loaded.layer_heads(layer)]
-  assert loaded.min_recall == min(scores)
-  assert {e["pattern"] for layer in range(2) for e in loaded.layer_heads(layer)} <= {"dense", "a_shape", "grid"}
-  assert [line.split()[0] for line in table.splitlines()[2:4]] == ["0", "1"]  # one table row per layer
-  main([*args, "--out", str(tmp_path / "b.json")])
-  assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()

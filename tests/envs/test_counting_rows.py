@@ -1,11 +1,11 @@
-"""The counting task's multi-step "rows" format: the row counts are what each board row shows and sum to the
+"""The counting environment's multi-step "rows" format: the row counts are what each board row shows and sum to the
 answer, the completion and its parser agree, and the original "answer" format (ids, vocabulary, reward) is
 unchanged."""
 
 import numpy as np
 import pytest
 
-from jaxagents.data import shapes
+from jaxagents.envs import counting
 from jaxagents.rl import rewards
 
 # Hand-derived from the vocabulary layout: 6 specials, 8 words, the digits 0-9 (ids 14-23), then ";" and "=".
@@ -18,7 +18,7 @@ _STEP, _EQUALS, _EOS = 24, 25, 1
 def _row_counts_by_pixels(example, config):
   """Shapes of the asked colour in each board row, read from the image (every shape covers its cell's centre)."""
   centre = config.cell // 2
-  color = np.array(shapes.RGB[example["color"]])
+  color = np.array(counting.RGB[example["color"]])
   return tuple(
     sum(bool((example["image"][r * config.cell + centre, c * config.cell + centre] == color).all())
         for c in range(config.grid))
@@ -27,39 +27,39 @@ def _row_counts_by_pixels(example, config):
 
 
 def test_row_counts_match_the_image_and_sum_to_the_count():
-  config = shapes.ShapesConfig(format="rows")
+  config = counting.CountingConfig(format="rows")
   for index in range(200):
-    example = shapes.make_example(config, 5, index)
+    example = counting.make_example(config, 5, index)
     assert example["row_counts"] == _row_counts_by_pixels(example, config)
     assert sum(example["row_counts"]) == example["count"]
 
 
 def test_format_does_not_change_the_examples():
-  answer, rows = shapes.ShapesConfig(), shapes.ShapesConfig(format="rows")
+  answer, rows = counting.CountingConfig(), counting.CountingConfig(format="rows")
   for index in range(20):
-    a, b = shapes.make_example(answer, 1, index), shapes.make_example(rows, 1, index)
+    a, b = counting.make_example(answer, 1, index), counting.make_example(rows, 1, index)
     assert np.array_equal(a["image"], b["image"])
     assert (a["color"], a["count"], a["prompt"], a["row_counts"]) == (b["color"], b["count"], b["prompt"],
                                                                         b["row_counts"])
 
 
 def test_rows_completion_of_a_hand_made_example():
-  config = shapes.ShapesConfig(format="rows")
+  config = counting.CountingConfig(format="rows")
   example = {"row_counts": (1, 0, 2, 0), "count": 3}
   expected = [_DIGIT[1], _STEP, _DIGIT[0], _STEP, _DIGIT[2], _STEP, _DIGIT[0], _STEP, _EQUALS, _DIGIT[3], _EOS]
-  ids = shapes.target_ids(config, example)
+  ids = counting.target_ids(config, example)
   assert ids == expected
   assert len(ids) == config.completion_length == 11
-  assert shapes.decode(ids) == "1 ; 0 ; 2 ; 0 ; = 3"
-  assert shapes.answer_template_ids(3) == [_EQUALS, _DIGIT[3], _EOS] == ids[-3:]
-  assert shapes.parse_answer(config, ids) == 3
+  assert counting.decode(ids) == "1 ; 0 ; 2 ; 0 ; = 3"
+  assert counting.answer_template_ids(3) == [_EQUALS, _DIGIT[3], _EOS] == ids[-3:]
+  assert counting.parse_answer(config, ids) == 3
 
 
 def test_rows_targets_parse_to_the_count():
-  config = shapes.ShapesConfig(format="rows")
+  config = counting.CountingConfig(format="rows")
   for index in range(50):
-    example = shapes.make_example(config, 2, index)
-    assert shapes.parse_answer(config, shapes.target_ids(config, example)) == example["count"]
+    example = counting.make_example(config, 2, index)
+    assert counting.parse_answer(config, counting.target_ids(config, example)) == example["count"]
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -73,34 +73,34 @@ def test_rows_targets_parse_to_the_count():
   ("1 ; 0 ; =", None),
 ])
 def test_rows_parser(text, expected):
-  ids = [shapes.TOKEN_ID[w] for w in text.split()]
-  assert shapes.parse_answer(shapes.ShapesConfig(format="rows"), ids) == expected
+  ids = [counting.TOKEN_ID[w] for w in text.split()]
+  assert counting.parse_answer(counting.CountingConfig(format="rows"), ids) == expected
 
 
 def test_answer_format_is_unchanged():
-  config = shapes.ShapesConfig()
+  config = counting.CountingConfig()
   assert config.format == "answer"
-  assert shapes.VOCAB[:len(_OLD_VOCAB)] == _OLD_VOCAB  # old ids do not move
-  assert shapes.VOCAB[len(_OLD_VOCAB):] == (";", "=")
-  assert shapes.qwen_vl_config(config).text.vocab_size == len(_OLD_VOCAB) == 24
-  assert shapes.qwen_vl_config(shapes.ShapesConfig(format="rows")).text.vocab_size == 26
-  assert shapes.target_ids(config, {"count": 3, "row_counts": (1, 0, 2, 0)}) == [_DIGIT[3], _EOS]
-  assert shapes.answer_ids({"count": 3}) == [_DIGIT[3], _EOS]
+  assert counting.VOCAB[:len(_OLD_VOCAB)] == _OLD_VOCAB  # old ids do not move
+  assert counting.VOCAB[len(_OLD_VOCAB):] == (";", "=")
+  assert config.vocab_size == len(_OLD_VOCAB) == 24  # the model of the "answer" format has no step tokens
+  assert counting.CountingConfig(format="rows").vocab_size == 26
+  assert counting.target_ids(config, {"count": 3, "row_counts": (1, 0, 2, 0)}) == [_DIGIT[3], _EOS]
+  assert counting.answer_ids({"count": 3}) == [_DIGIT[3], _EOS]
   assert config.completion_length == 2
 
 
 def test_answer_format_parser_scores_like_numeric_match():
   """The GRPO job's reward was `rewards.numeric_match(decode(row), count)`; the format-aware parser must give the
   same reward on every completion, including malformed ones."""
-  config = shapes.ShapesConfig()
+  config = counting.CountingConfig()
   rng = np.random.default_rng(0)
   for _ in range(3000):
-    ids = rng.integers(0, len(shapes.VOCAB), size=rng.integers(0, 6))
+    ids = rng.integers(0, len(counting.VOCAB), size=rng.integers(0, 6))
     for target in range(5):
-      expected = rewards.numeric_match(shapes.decode(ids), target)
-      assert float(shapes.parse_answer(config, ids) == target) == expected, (shapes.decode(ids), target)
+      expected = rewards.numeric_match(counting.decode(ids), target)
+      assert float(counting.parse_answer(config, ids) == target) == expected, (counting.decode(ids), target)
 
 
 def test_bad_format_is_rejected():
   with pytest.raises(ValueError, match="format"):
-    shapes.ShapesConfig(format="steps")
+    counting.CountingConfig(format="steps")

@@ -1,0 +1,8 @@
+"""Environments: tasks that generate prompts and verify completions, knowing no model.
+
+An environment gives examples as a pure function of (seed, index), a tokenizer for its prompts and targets, and a
+verifier (`reward`); a grain source serves its examples as records of numpy arrays. Turning prompts into a model's
+inputs is the model's job (e.g. Qwen-VL's `token_batch` in `models/qwen_vl/batching.py`).
+
+  counting.py   count the shapes of one colour on a board (answer or per-row steps; exact-match reward)
+"""

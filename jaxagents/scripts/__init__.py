@@ -1,0 +1,1 @@
+"""Command-line scripts that compose whole jobs (`python -m jaxagents.scripts.<name>`)."""

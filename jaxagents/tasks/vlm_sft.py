@@ -1,0 +1,80 @@
+"""Supervised fine-tuning of a VLM on reference completions: teacher-forced cross-entropy on the completion tokens.
+
+    python -m jaxagents.train --config configs/sft_counting.py --workdir runs/sft_counting
+
+`sft_loss` is the loss every job's warm start uses (GRPO's SFT phase, the distillation teacher and student); the
+task `VLMSFT` is that loss alone on the counting environment, one phase, with held-out rewards.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import optax
+
+from jaxagents.envs import counting
+from jaxagents.generation import completion_logprobs
+from jaxagents.models.qwen_vl.model import QwenVL
+from jaxagents.tasks import config_checks
+from jaxagents.tasks import counting_vlm as cv
+from jaxagents.tasks.base import Optimizer, Phase
+
+
+def sft_loss(model, params, inputs, completion_mask):
+  """Mean negative log-likelihood of the completion tokens (`completion_mask`) under the model; (loss, metrics)."""
+  logp, _ = completion_logprobs(model, {"params": params}, inputs, completion_mask)
+  tokens = completion_mask.sum()
+  loss = -logp.sum() / jnp.maximum(tokens, 1)  # an all-empty batch gives 0, not NaN
+  return loss, {"tokens": tokens}
+
+
+def adamw(learning_rate: float, weight_decay: float = 0.0, clip: float = 1.0) -> optax.GradientTransformation:
+  """The jobs' optimizer: global-norm clipping, then AdamW with a constant learning rate."""
+  return optax.chain(optax.clip_by_global_norm(clip), optax.adamw(learning_rate, weight_decay=weight_decay))
+
+
+def sft_prepare(env, model_config, records):
+  """Host batch of the SFT phases: the records' prompts + their reference completions."""
+  examples = counting.examples_from_batch(env, records)
+  inputs, completion_mask = cv.with_targets(env, cv.prompts(env, model_config, examples), examples)
+  return {"inputs": inputs, "completion_mask": completion_mask}
+
+
+class VLMSFT:
+  """SFT of a tiny Qwen-VL on the counting environment: `config.sft.steps` steps of `config.sft.batch_size`."""
+
+  plot_file = "loss.png"
+  plot_keys = ("loss", "eval/reward", "eval/sampled_reward")
+
+  def __init__(self, config):
+    self.config = config
+    config_checks.positive(config, "sft.steps", "sft.batch_size", "eval.examples")
+    self.env = cv.env_config(config)
+    self.model_config = cv.model_config(self.env, **dict(config.model))
+    self.model = QwenVL(self.model_config)
+    self.phases = (Phase("sft", config.sft.steps, config.sft.batch_size),)
+    sampling = cv.sampling(self.env, self.env.completion_length, config.get("temperature", 1.0))
+    self.held_out = cv.HeldOut(self.env, self.model_config, config.eval.examples, config.eval.samples, config.seed,
+                               sampling)
+
+  def init(self, rng):
+    example = counting.make_example(self.env, self.config.seed, 0)
+    return {"params": self.model.init(rng, *cv.prompts(self.env, self.model_config, [example]).model_args())["params"]}
+
+  def optimizers(self):
+    return {"main": Optimizer(adamw(self.config.sft.learning_rate))}
+
+  def source(self, phase):
+    del phase
+    return counting.CountingSource(self.env, self.config.seed, cv.TRAIN_RECORDS)
+
+  def prepare(self, state, records, rng, phase):
+    del state, rng, phase
+    return sft_prepare(self.env, self.model_config, records), {}
+
+  def loss(self, params, batch, rng, phase):
+    del rng, phase
+    return sft_loss(self.model, params, batch["inputs"], batch["completion_mask"])
+
+  def evaluate(self, state, step):
+    del step
+    return self.held_out(self.model, {"params": state["params"]})
