@@ -5,7 +5,7 @@ with `from jaxagents.layers.attention import ...`.
 """
 
 from jaxagents.layers.adaln import AdaLNModulation, modulate
-from jaxagents.layers.attention import ATTENTION_BACKENDS, SegmentPacking, attention, make_attention_mask
+from jaxagents.layers.attention import ATTENTION_BACKENDS, attention, make_attention_mask
 from jaxagents.layers.attention_block import SelfAttention
 from jaxagents.layers.block import TransformerBlock, make_norm
 from jaxagents.layers.embeddings import Embed, sinusoidal_timestep_embedding
@@ -21,6 +21,7 @@ from jaxagents.layers.rotary import (
   rope_inv_freq,
   vision_rope_2d_angles,
 )
+from jaxagents.layers.segment_packing import SegmentPacking
 
 __all__ = [
   "ACTIVATIONS",

@@ -27,18 +27,12 @@ Scores are computed in `softmax_dtype` (float32) and masked with `finfo(softmax_
 query row with no visible key outputs zeros (never NaN). Probabilities are cast to v.dtype before the product
 with V, as HF's eager attention does.
 
-Packed segments (`packing`, a `SegmentPacking`): self-attention where tokens attend only within their segment
-(ViT blocks per image, windows) without a [S, S] score matrix. The host groups the segments of each sequence
-into R rows of W slots (a segment never split across rows); the tokens are gathered into those rows, attention
-runs on [B * R, W] with a segment mask inside each row, and the outputs are gathered back. The cost is B R W^2
-instead of B S^2: linear in the number of segments where the dense mask is quadratic. On the tokens of a segment
-it equals the dense call with `q_segment_ids = kv_segment_ids` = the segments (tokens in no segment output
-zeros), as transformers' loop over `cu_seqlens` does (`Qwen2VisionTransformerPretrainedModel`).
+Packed segments (`packing`, a `jaxagents.layers.segment_packing.SegmentPacking`): attention within segments
+on packed rows, without an [S, S] score matrix (see that module).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -47,6 +41,8 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxagents.layers.segment_packing import SegmentPacking, pack_tokens, unpack_tokens, validate_packing
 
 if TYPE_CHECKING:
   from jaxagents.sparse.config import SparseAttentionConfig
@@ -69,63 +65,6 @@ _MASK_ARGS = (
   "kv_positions",
 )
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class SegmentPacking:
-  """Where the tokens of a [B, S] sequence sit when its segments are packed into B x R rows of W slots.
-
-  Built on the host (e.g. `jaxagents.models.qwen_vl.vision_layout.pack_segments`); leaves are numpy or jax.
-
-  Attributes:
-    token_index: [B, R, W] int, the token (in [0, S)) in each slot; any valid index at empty slots.
-    segment_ids: [B, R, W] int, the segment of each slot (equal ids attend to each other); -1 at empty slots.
-    slot_index: [B, S] int, the slot r * W + w of each token; -1 for a token in no segment (its output is 0).
-  """
-
-  token_index: Any
-  segment_ids: Any
-  slot_index: Any
-
-
-def _pack(x: jax.Array, token_index: jax.Array) -> jax.Array:
-  """x [B, S, ...] -> [B * R, W, ...] gathered by token_index [B, R, W]."""
-  batch, rows, width = token_index.shape
-  flat = jax.vmap(lambda row, index: jnp.take(row, index, axis=0, mode="clip"))(
-    x, token_index.reshape(batch, rows * width))
-  return flat.reshape(batch * rows, width, *x.shape[2:])
-
-
-def _unpack(packed: jax.Array, slot_index: jax.Array) -> jax.Array:
-  """packed [B * R, W, ...] -> [B, S, ...] read back at slot_index [B, S]; zeros where slot_index < 0."""
-  batch = slot_index.shape[0]
-  flat = packed.reshape(batch, -1, *packed.shape[2:])
-  out = jax.vmap(lambda row, index: jnp.take(row, index, axis=0, mode="clip"))(flat, jnp.maximum(slot_index, 0))
-  valid = (slot_index >= 0).reshape(*slot_index.shape, *(1,) * (out.ndim - 2))
-  return jnp.where(valid, out, jnp.zeros((), out.dtype))
-
-
-def _validate_packing(q, k, packing, *, causal, mask_kwargs) -> None:
-  if not isinstance(packing, SegmentPacking):
-    raise _shape_error("packing", "a SegmentPacking", type(packing).__name__)
-  if q.shape[1] != k.shape[1]:
-    raise _shape_error("k", f"length S={q.shape[1]} like q with `packing` (self-attention)", k.shape)
-  given = [name for name, value in mask_kwargs.items() if value is not None]
-  if causal or given:
-    raise _shape_error("packing", "used without causal or other masks (its segments are the mask)",
-                       f"causal={causal} and {given}")
-  token_index, segment_ids, slot_index = (jnp.asarray(x) for x in (packing.token_index, packing.segment_ids,
-                                                                   packing.slot_index))
-  batch, length = q.shape[:2]
-  if token_index.ndim != 3 or token_index.shape[0] != batch or segment_ids.shape != token_index.shape:
-    raise _shape_error("packing.token_index / segment_ids", f"equal shapes [B={batch}, R, W]",
-                       f"{token_index.shape} and {segment_ids.shape}")
-  if slot_index.shape != (batch, length):
-    raise _shape_error("packing.slot_index", f"shape [B, S] = {(batch, length)}", slot_index.shape)
-  for name, x in (("token_index", token_index), ("segment_ids", segment_ids), ("slot_index", slot_index)):
-    if not jnp.issubdtype(x.dtype, jnp.integer):
-      raise _shape_error(f"packing.{name}", "an integer array", x.dtype)
 
 
 def _shape_error(name: str, expected: str, actual: Any) -> ValueError:
@@ -464,14 +403,16 @@ def attention(
     mask_kwargs = dict(zip(_MASK_ARGS, given, strict=True))
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     _validate(q, k, v, softmax_dtype=softmax_dtype, **dict.fromkeys(_MASK_ARGS))
-    _validate_packing(q, k, packing, causal=causal, mask_kwargs=mask_kwargs)
+    validate_packing(q, k, packing, causal=causal, mask_kwargs=mask_kwargs)
     if backend == "sparse":
       raise _shape_error("backend", "not 'sparse' with `packing`", backend)
     token_index, segment_ids = jnp.asarray(packing.token_index), jnp.asarray(packing.segment_ids)
     rows = segment_ids.reshape(-1, segment_ids.shape[-1])
-    out = attention(_pack(q, token_index), _pack(k, token_index), _pack(v, token_index), q_segment_ids=rows,
-                    kv_segment_ids=rows, scale=scale, backend=backend, softmax_dtype=softmax_dtype)
-    return _unpack(out, jnp.asarray(packing.slot_index))
+    packed = (pack_tokens(x, token_index) for x in (q, k, v))
+    out = attention(
+      *packed, q_segment_ids=rows, kv_segment_ids=rows, scale=scale, backend=backend, softmax_dtype=softmax_dtype
+    )
+    return unpack_tokens(out, jnp.asarray(packing.slot_index))
   given = (q_segment_ids, kv_segment_ids, kv_mask, kv_lengths, mask, q_positions, kv_positions)  # _MASK_ARGS order
   mask_kwargs = {name: None if x is None else jnp.asarray(x) for name, x in zip(_MASK_ARGS, given, strict=True)}
   q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)

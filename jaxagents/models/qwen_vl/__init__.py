@@ -11,6 +11,7 @@ from jaxagents.models.qwen_vl.config import QwenVLConfig, TextConfig, VisionConf
 from jaxagents.models.qwen_vl.convert import hf_to_params, load_params, params_to_hf, save_params
 from jaxagents.models.qwen_vl.inputs import ModelInputs, prepare_inputs
 from jaxagents.models.qwen_vl.model import QwenVL
+from jaxagents.models.qwen_vl.pixels import smart_resize
 from jaxagents.models.qwen_vl.positions import decode_positions, mm_token_type_ids, rope_deltas, rope_index
 from jaxagents.models.qwen_vl.preprocess import (
   ImageOptions,
@@ -19,7 +20,6 @@ from jaxagents.models.qwen_vl.preprocess import (
   preprocess_images,
   preprocess_video,
   sample_frame_indices,
-  smart_resize,
 )
 from jaxagents.models.qwen_vl.vision_layout import VisionInputs, vision_inputs
 

@@ -35,6 +35,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from jaxagents.models.qwen_vl.pixels import (
+  check_frames,
+  normalize,
+  patchify,
+  resize,
+  smart_resize,
+  smart_resize_video,
+  to_rgb,
+)
+
 FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OPENAI_CLIP_MEAN
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)  # OPENAI_CLIP_STD
@@ -46,7 +56,6 @@ VIDEO_PAD = "<|video_pad|>"
 VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"
 
-MAX_ASPECT_RATIO = 200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,71 +159,6 @@ class VideoOptions(ImageOptions):
     return cls(**_read_hf(config, base, video=True))
 
 
-def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 3136,
-                 max_pixels: int = 12845056) -> tuple[int, int]:
-  """(height, width) -> resized (h, w), both multiples of `factor`, h*w within [min_pixels, max_pixels].
-
-  Step 1 rounds each side to the nearest multiple (banker's rounding); a product above max_pixels shrinks both sides
-  by sqrt(h*w / max_pixels) and floors (never below `factor`); one below min_pixels grows them and ceils.
-  """
-  _check_size(height, width)
-  ratio = max(height, width) / min(height, width)
-  if ratio > MAX_ASPECT_RATIO:
-    raise ValueError(
-      f"image height x width: aspect ratio max/min must be <= {MAX_ASPECT_RATIO}, got {height} x {width} "
-      f"(ratio {ratio:.1f}); crop or pad the long side to at most {MAX_ASPECT_RATIO} times the short side."
-    )
-  h_bar = round(height / factor) * factor
-  w_bar = round(width / factor) * factor
-  if h_bar * w_bar > max_pixels:
-    beta = math.sqrt(height * width / max_pixels)
-    h_bar = max(factor, math.floor(height / beta / factor) * factor)
-    w_bar = max(factor, math.floor(width / beta / factor) * factor)
-  elif h_bar * w_bar < min_pixels:
-    beta = math.sqrt(min_pixels / (height * width))
-    h_bar = math.ceil(height * beta / factor) * factor
-    w_bar = math.ceil(width * beta / factor) * factor
-  if not h_bar or not w_bar:  # only with min_pixels 0: a side shorter than factor / 2 rounds to nothing
-    raise ValueError(
-      f"image height x width: {height} x {width} resizes to {h_bar} x {w_bar}; a side shorter than factor/2 = "
-      f"{factor / 2} needs min_pixels > 0 (got {min_pixels})."
-    )
-  return h_bar, w_bar
-
-
-def smart_resize_video(num_frames: int, height: int, width: int, temporal_factor: int = 2, factor: int = 32,
-                       min_pixels: int = 4096, max_pixels: int = 25165824) -> tuple[int, int]:
-  """Qwen3-VL video frame size: as `smart_resize` with the budget applied to t_bar*h*w (t_bar = t rounded to the
-  temporal factor, banker's rounding) and sides shorter than `factor` first scaled up to it."""
-  if num_frames < temporal_factor:
-    raise ValueError(
-      f"frames: Qwen3-VL video needs at least temporal_patch_size = {temporal_factor} frames (after sampling), got "
-      f"{num_frames}; pass more frames (or repeat the frame), or process a single frame as an image."
-    )
-  _check_size(height, width, "video")
-  if height < factor or width < factor:
-    scale = max(factor / height, factor / width)
-    height, width = int(height * scale), int(width * scale)
-  ratio = max(height, width) / min(height, width)
-  if ratio > MAX_ASPECT_RATIO:
-    raise ValueError(
-      f"video height x width: aspect ratio max/min must be <= {MAX_ASPECT_RATIO}, got {height} x {width} "
-      f"(ratio {ratio:.1f}); crop or pad the frames."
-    )
-  h_bar = round(height / factor) * factor
-  w_bar = round(width / factor) * factor
-  t_bar = round(num_frames / temporal_factor) * temporal_factor
-  if t_bar * h_bar * w_bar > max_pixels:
-    beta = math.sqrt(num_frames * height * width / max_pixels)
-    h_bar = max(factor, math.floor(height / beta / factor) * factor)
-    w_bar = max(factor, math.floor(width / beta / factor) * factor)
-  elif t_bar * h_bar * w_bar < min_pixels:
-    beta = math.sqrt(min_pixels / (num_frames * height * width))
-    h_bar = math.ceil(height * beta / factor) * factor
-    w_bar = math.ceil(width * beta / factor) * factor
-  return h_bar, w_bar
-
-
 def preprocess_images(images: Sequence[Any], options: ImageOptions | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Images -> (pixel_values [sum gh*gw, C*T*p*p] float32, image_grid_thw [n, 3] int64 rows (1, gh, gw)).
 
@@ -228,10 +172,10 @@ def preprocess_images(images: Sequence[Any], options: ImageOptions | None = None
     raise ValueError("images: expected at least one image, got an empty list.")
   patches, grids = [], []
   for i, image in enumerate(images):
-    rgb = _to_rgb(image, f"images[{i}]", options.convert_rgb)
+    rgb = to_rgb(image, f"images[{i}]", options.convert_rgb)
     h, w = smart_resize(rgb.shape[0], rgb.shape[1], options.factor, options.min_pixels, options.max_pixels)
-    frame = _normalize(_resize(rgb, h, w, options.resample), options)
-    flat, grid = _patchify(frame[None], options)
+    frame = normalize(resize(rgb, h, w, options.resample), options)
+    flat, grid = patchify(frame[None], options)
     patches.append(flat)
     grids.append(grid)
   return np.concatenate(patches), np.array(grids, np.int64)
@@ -307,7 +251,7 @@ def preprocess_video(frames: Any, options: VideoOptions | None = None, family: A
   """
   family = _family(family)
   options = options or VideoOptions.for_family(family)
-  frames = _check_frames(frames)
+  frames = check_frames(frames)
   total = frames.shape[0]
   if sample is None:
     sample = options.do_sample_frames
@@ -332,8 +276,8 @@ def preprocess_video(frames: Any, options: VideoOptions | None = None, family: A
       total_pixels = int(options.max_video_tokens * factor * factor * 0.9)
       max_pixels = max(min(max_pixels, total_pixels * options.temporal_patch_size // n), int(options.min_pixels * 1.05))
     h, w = smart_resize(height, width, factor, options.min_pixels, max_pixels)
-  video = np.stack([_normalize(_resize(f, h, w, options.resample), options) for f in frames])
-  patches, grid = _patchify(video, options)
+  video = np.stack([normalize(resize(f, h, w, options.resample), options) for f in frames])
+  patches, grid = patchify(video, options)
   timing = None
   if family == "qwen2_5_vl":
     timing = options.temporal_patch_size / (len(indices) / total * video_fps)
@@ -441,81 +385,6 @@ def _check_common(o: ImageOptions):
       raise ValueError(f"{name}: expected >= 1, got {getattr(o, name)}.")
   if len(o.mean) != 3 or len(o.std) != 3 or not all(s != 0 for s in o.std):
     raise ValueError(f"mean, std: expected 3 values each (RGB), std nonzero, got {o.mean}, {o.std}.")
-
-
-def _check_size(height: int, width: int, name: str = "image"):
-  if height < 1 or width < 1:
-    raise ValueError(f"{name} height x width: expected both >= 1, got {height} x {width} (an empty image).")
-
-
-def _to_rgb(image: Any, name: str, convert: bool) -> np.ndarray:
-  """-> uint8 [H, W, 3]. Transparency is composited over white (transformers' `convert_to_rgb`)."""
-  if isinstance(image, Image.Image):
-    _check_size(image.height, image.width, name)
-    if image.mode != "RGB" and not convert:
-      raise ValueError(f"{name}: expected an RGB image with convert_rgb=False, got mode {image.mode}.")
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-      rgba = image.convert("RGBA")
-      image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return np.asarray(image.convert("RGB"))
-  if not isinstance(image, np.ndarray):
-    raise ValueError(f"{name}: expected a PIL image or a uint8 numpy array, got {type(image).__name__}.")
-  if image.dtype != np.uint8:
-    raise ValueError(f"{name}: expected dtype uint8 (0..255), got {image.dtype}.")
-  if image.ndim == 2:
-    image = image[..., None]
-  if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-    raise ValueError(f"{name}: expected shape [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {image.shape}.")
-  _check_size(image.shape[0], image.shape[1], name)
-  if image.shape[-1] != 3 and not convert:
-    raise ValueError(f"{name}: expected 3 channels with convert_rgb=False, got shape {image.shape}.")
-  if image.shape[-1] == 1:
-    return np.repeat(image, 3, axis=-1)
-  if image.shape[-1] == 4:
-    alpha = image[..., 3:] / 255
-    return np.round(alpha * image[..., :3] + (1 - alpha) * 255).astype(np.uint8)
-  return image
-
-
-def _check_frames(frames: Any) -> np.ndarray:
-  if not isinstance(frames, np.ndarray):
-    raise ValueError(f"frames: expected a uint8 numpy array [T, H, W, C], got {type(frames).__name__}.")
-  if frames.dtype != np.uint8:
-    raise ValueError(f"frames: expected dtype uint8 (0..255), got {frames.dtype}.")
-  if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4) or min(frames.shape[:3]) < 1:
-    raise ValueError(f"frames: expected shape [T, H, W, C] with T, H, W >= 1 and C in (1, 3, 4), got {frames.shape}.")
-  if frames.shape[-1] == 3:
-    return frames
-  return np.stack([_to_rgb(f, f"frames[{i}]", True) for i, f in enumerate(frames)])
-
-
-def _resize(rgb: np.ndarray, height: int, width: int, resample: int) -> np.ndarray:
-  """uint8 [H, W, 3] -> uint8 [height, width, 3] with PIL (a same-size resize is an exact copy)."""
-  return np.asarray(Image.fromarray(rgb).resize((width, height), resample=resample))
-
-
-def _normalize(rgb: np.ndarray, options: ImageOptions) -> np.ndarray:
-  """uint8 [H, W, 3] -> float32 [3, H, W]; float64 rescale then float32 normalize, as transformers' numpy path."""
-  x = (rgb.astype(np.float64) * options.rescale_factor).astype(np.float32)
-  x = (x - np.asarray(options.mean, np.float32)) / np.asarray(options.std, np.float32)
-  return np.ascontiguousarray(x.transpose(2, 0, 1))
-
-
-def _patchify(video: np.ndarray, options: ImageOptions) -> tuple[np.ndarray, list[int]]:
-  """[T, C, H, W] -> ([gt*gh*gw, C*Tp*p*p], [gt, gh, gw]), the layout of `Qwen2VLImageProcessorPil._preprocess`.
-
-  T is padded to a multiple of Tp by repeating the last frame (an image, T = 1, becomes Tp copies). Rows are in
-  (t, h-block, w-block, h-in-block, w-in-block) order, so each merge_size^2 run of rows is one merged token; a row
-  is (C, Tp, p, p) flattened.
-  """
-  tp, p, m = options.temporal_patch_size, options.patch_size, options.merge_size
-  if pad := -video.shape[0] % tp:
-    video = np.concatenate([video, np.repeat(video[-1:], pad, axis=0)])
-  t, c, h, w = video.shape
-  gt, gh, gw = t // tp, h // p, w // p
-  x = video.reshape(gt, tp, c, gh // m, m, p, gw // m, m, p)
-  x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
-  return x.reshape(gt * gh * gw, c * tp * p * p), [gt, gh, gw]
 
 
 def _grids(grid_thw: Any, name: str, merge_size: int) -> np.ndarray:

@@ -27,7 +27,7 @@ import math
 import jax
 import numpy as np
 
-from jaxagents.layers.attention import SegmentPacking
+from jaxagents.layers.segment_packing import SegmentPacking
 from jaxagents.models.qwen_vl.config import QwenVLConfig, VisionConfig
 
 # Packed rows are this many slots longer than needed at most: a multiple of the f32 sublane count.

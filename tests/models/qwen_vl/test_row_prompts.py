@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxagents.layers.attention import SegmentPacking
+from jaxagents.layers.segment_packing import SegmentPacking
 from jaxagents.models.qwen_vl.config import QwenVLConfig
 from jaxagents.models.qwen_vl.inputs import ModelInputs, prepare_inputs, row_vision_inputs
 from jaxagents.models.qwen_vl.model import QwenVL
