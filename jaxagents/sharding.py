@@ -59,11 +59,15 @@ _ACTIVE: contextvars.ContextVar[tuple[Mesh, tuple] | None] = contextvars.Context
 
 @contextlib.contextmanager
 def active(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Iterator[None]:
-  """Makes (mesh, rules) the ones `shard_batch`, `host_rows` and `current` use when not given; the train loop runs
-  a task's `prepare`, `evaluate` and `write_samples` inside it, so host code shards its arrays like the loop."""
+  """Runs the block under `mesh` and `rules`: the mesh is JAX's current one (so `nn.with_logical_constraint` in a
+  model becomes a sharding constraint), `rules` are flax's `nn.logical_axis_rules`, and both are what
+  `shard_batch`, `host_rows` and `current` use when not given. The train loop runs everything inside one, so a
+  task's `prepare`, `evaluate` and `write_samples` shard their arrays like the loop."""
+  set_mesh = getattr(jax, "set_mesh", None) or jax.sharding.use_mesh
   token = _ACTIVE.set((mesh, tuple(rules)))
   try:
-    yield
+    with set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+      yield
   finally:
     _ACTIVE.reset(token)
 

@@ -34,7 +34,6 @@ import signal
 import sys
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,12 +56,6 @@ _RESERVED = ("step", "phase", "opt_state")
 # refuses). Step counts must match: schedules decay over them and phases start at them.
 RESUMABLE = ("log_every", "eval_every", "checkpoint", "tensorboard", "plot_keys", "mesh",
              "optimizer.learning_rate", "optimizer.grad_clip_norm")
-
-
-def _mesh_context(mesh):
-  """Makes `mesh` current, so `nn.with_logical_constraint` inside models becomes a sharding constraint."""
-  set_mesh = getattr(jax, "set_mesh", None) or getattr(jax.sharding, "use_mesh", None)
-  return set_mesh(mesh) if set_mesh is not None else mesh
 
 
 def _check_finite(step_metrics: list[tuple[int, dict[str, float]]], checkpointer, optimizer_config) -> None:
@@ -168,7 +161,7 @@ def train(config, workdir: str, *, devices: list[jax.Device] | None = None) -> d
 
   init_state = functools.partial(initial_state, task, optimizers)
 
-  with _mesh_context(mesh), nn.logical_axis_rules(list(rules)), sharding.active(mesh, rules):
+  with sharding.active(mesh, rules):
     # 2. Abstract state and shardings: parameters are never materialised unsharded.
     boxed_abstract = jax.eval_shape(init_state, init_key)
     _validate(task, phases, optimizers, {k: v for k, v in boxed_abstract.items() if k not in _RESERVED})

@@ -6,7 +6,7 @@ strings (`importlib.import_module`, the task registry) are not seen.
 
 Layers, from the bottom: kernels_pallas (standalone kernels) < layers < models; environments (envs), data
 pipelines (data), sparse attention (sparse), sampling (generation) and RL math (rl) know no model; tasks put a
-model, an environment and a loss together, and only the loop (train.py) and scripts pick tasks.
+model, an environment and a loss together, and only the loop (train.py), scripts and benchmarks pick tasks.
 """
 
 import ast
@@ -19,7 +19,7 @@ PACKAGES = ("jaxagents", "kernels_pallas")
 
 MODELS, TASKS, RL, TRAIN = "jaxagents.models", "jaxagents.tasks", "jaxagents.rl", "jaxagents.train"
 GENERATION, ENVS, DATA = "jaxagents.generation", "jaxagents.envs", "jaxagents.data"
-SCRIPTS = ("jaxagents.scripts", "scripts")
+SCRIPTS = ("jaxagents.scripts", "scripts", "jaxagents.bench")  # entry points: scripts and benchmarks
 
 # The rules as a table. FORBIDDEN: (importers, what they must not import, why).
 FORBIDDEN = (
@@ -32,7 +32,7 @@ FORBIDDEN = (
 )
 # EXCLUSIVE: (imported, the only importers allowed besides itself, why).
 EXCLUSIVE = (
-  (TASKS, (TRAIN, *SCRIPTS), "the loop and scripts pick tasks"),
+  (TASKS, (TRAIN, *SCRIPTS), "the loop, scripts and benchmarks pick tasks"),
   (RL, (TASKS, *SCRIPTS), "RL math is used by tasks"),
 )
 
@@ -114,7 +114,7 @@ def test_relative_imports_resolve_and_from_imports_name_the_submodule(tmp_path):
   ({"jaxagents.generation.rollout": {"jaxagents.train"}}, "model-agnostic"),
   ({"jaxagents.rl.grpo": {"jaxagents.data.sources"}}, "rl/ is pure math"),
   ({"jaxagents.sparse.search": {"jaxagents.tasks.grpo"}}, "model-agnostic"),
-  ({"jaxagents.bench.x": {"jaxagents.tasks.grpo"}}, "pick tasks"),
+  ({"jaxagents.metrics": {"jaxagents.tasks.grpo"}}, "pick tasks"),
   ({"jaxagents.generation.rollout": {"jaxagents.rl.kl"}}, "used by tasks"),
 ])
 def test_each_rule_catches_its_kind_of_import(imports, expected):

@@ -1,10 +1,10 @@
 """Wall time of one GRPO step of a job config: the host-side `prepare` (rollouts, rewards, recomputed log-probs)
 and the jitted updates, as the one loop runs them, after compilation.
 
-    python -m jaxagents.bench.grpo_step --config configs/grpo_shapes.py --steps 20
+    python -m jaxagents.bench.grpo_step --config configs/grpo_shapes.py --steps 20 [--devices N]
 
 Prints a table: seconds per step for prepare, updates and the whole step (median over `--steps` after
-`--warmup` steps), on the default mesh of the config (all local devices).
+`--warmup` steps), on the config's mesh (over all devices, or the first `--devices`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import argparse
 import functools
 import time
 
-import flax.linen as nn
 import jax
 import numpy as np
 
@@ -24,14 +23,14 @@ from jaxagents.scripts.compare_rl import load_config
 from jaxagents.tasks import get_task
 
 
-def time_steps(config, *, steps: int, warmup: int) -> dict[str, float]:
+def time_steps(config, *, steps: int, warmup: int, devices=None) -> dict[str, float]:
   """Median seconds of prepare, of the updates and of the whole step over `steps` RL steps (after `warmup`)."""
   task = get_task(config.task, config)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, devices)
   rules = (*getattr(task, "logical_rules", ()), *sharding.DEFAULT_RULES)
   phase = next(p for p in task.phases if p.name == "rl")
   optimizers = task.optimizers()
-  with train_lib._mesh_context(mesh), nn.logical_axis_rules(list(rules)), sharding.active(mesh, rules):
+  with sharding.active(mesh, rules):
     init = functools.partial(train_lib.initial_state, task, optimizers)
     shardings = sharding.logical_to_sharding(jax.eval_shape(init, jax.random.key(0)), mesh, rules)
     state = jax.jit(lambda key: sharding.unbox(init(key)), out_shardings=shardings)(jax.random.key(0))
@@ -60,12 +59,15 @@ def main(argv=None) -> str:
   parser.add_argument("--config", default="configs/grpo_shapes.py", help="a config file, optionally with :arg")
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--devices", type=int, default=None, help="the config's mesh over the first N devices")
   args = parser.parse_args(argv)
   config = load_config(args.config)
-  seconds = time_steps(config, steps=args.steps, warmup=args.warmup)
+  devices = jax.devices()[:args.devices] if args.devices else None
+  seconds = time_steps(config, steps=args.steps, warmup=args.warmup, devices=devices)
   rl = config.rl
+  mesh = " ".join(f"{name}={size}" for name, size in sharding.make_mesh(config.mesh, devices).shape.items())
   lines = [f"GRPO step: {rl.prompts_per_step} prompts x {rl.group_size} samples, {rl.updates_per_batch} updates, "
-           f"{jax.device_count()} device(s)", "", "| part | seconds / step | fraction of the step |", "|---|---|---|"]
+           f"mesh {mesh}", "", "| part | seconds / step | fraction of the step |", "|---|---|---|"]
   lines += [f"| {name} | {value:.4f} | {value / seconds['step']:.2f} |" for name, value in seconds.items()]
   text = "\n".join(lines)
   print(text)

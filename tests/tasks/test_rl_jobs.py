@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -119,7 +118,7 @@ def _one_grpo_step(config, mesh):
   task._optimizers = {**task.optimizers(), "rl": base.Optimizer(optax.sgd(1.0))}
   rules = (*getattr(task, "logical_rules", ()), *sharding.DEFAULT_RULES)
   phase = task.phases[1]
-  with train_lib._mesh_context(mesh), sharding.active(mesh, rules), nn.logical_axis_rules(list(rules)):
+  with sharding.active(mesh, rules):
     boxed = jax.eval_shape(task.init, jax.random.key(0))
     shardings = sharding.logical_to_sharding(boxed, mesh, rules)
     trees = jax.jit(lambda key: sharding.unbox(task.init(key)), out_shardings=shardings)(jax.random.key(0))

@@ -16,7 +16,6 @@ from jaxagents.models.qwen_vl.inputs import ModelInputs, row_vision_inputs
 from jaxagents.models.qwen_vl.model import QwenVL
 from jaxagents.models.qwen_vl.presets import PRESETS
 from jaxagents.models.qwen_vl.vision_layout import vision_inputs
-from jaxagents.train import _mesh_context
 from tests.models.qwen_vl import tiny
 
 
@@ -79,7 +78,7 @@ def test_sharded_tiny_model_matches_one_device(copies):
 
   mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   shardings = sharding.param_shardings(jax.eval_shape(model.init, jax.random.key(0), *args), mesh)
-  with _mesh_context(mesh), nn.logical_axis_rules(list(sharding.RULES)):
+  with mesh_lib.active(mesh, sharding.RULES):
     sharded_params = jax.device_put(mesh_lib.unbox(params), shardings)
     logits, _ = jax.jit(model.apply)(sharded_params, *args)
   assert len(sharded_params["params"]["text"]["layers"]["block"]["attn"]["q"]["kernel"].sharding.device_set) == 8
