@@ -28,22 +28,9 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 31
   by sqrt(h*w / max_pixels) and floors (never below `factor`); one below min_pixels grows them and ceils.
   """
   check_size(height, width)
-  ratio = max(height, width) / min(height, width)
-  if ratio > MAX_ASPECT_RATIO:
-    raise ValueError(
-      f"image height x width: aspect ratio max/min must be <= {MAX_ASPECT_RATIO}, got {height} x {width} "
-      f"(ratio {ratio:.1f}); crop or pad the long side to at most {MAX_ASPECT_RATIO} times the short side."
-    )
-  h_bar = round(height / factor) * factor
-  w_bar = round(width / factor) * factor
-  if h_bar * w_bar > max_pixels:
-    beta = math.sqrt(height * width / max_pixels)
-    h_bar = max(factor, math.floor(height / beta / factor) * factor)
-    w_bar = max(factor, math.floor(width / beta / factor) * factor)
-  elif h_bar * w_bar < min_pixels:
-    beta = math.sqrt(min_pixels / (height * width))
-    h_bar = math.ceil(height * beta / factor) * factor
-    w_bar = math.ceil(width * beta / factor) * factor
+  _check_aspect(height, width, "image",
+                f"crop or pad the long side to at most {MAX_ASPECT_RATIO} times the short side")
+  h_bar, w_bar = _fit(height, width, factor, min_pixels, max_pixels)
   if not h_bar or not w_bar:  # only with min_pixels 0: a side shorter than factor / 2 rounds to nothing
     raise ValueError(
       f"image height x width: {height} x {width} resizes to {h_bar} x {w_bar}; a side shorter than factor/2 = "
@@ -65,21 +52,32 @@ def smart_resize_video(num_frames: int, height: int, width: int, temporal_factor
   if height < factor or width < factor:
     scale = max(factor / height, factor / width)
     height, width = int(height * scale), int(width * scale)
+  _check_aspect(height, width, "video", "crop or pad the frames")
+  t_bar = round(num_frames / temporal_factor) * temporal_factor
+  return _fit(height, width, factor, min_pixels, max_pixels, frames=num_frames, rounded_frames=t_bar)
+
+
+def _check_aspect(height: int, width: int, name: str, advice: str) -> None:
   ratio = max(height, width) / min(height, width)
   if ratio > MAX_ASPECT_RATIO:
     raise ValueError(
-      f"video height x width: aspect ratio max/min must be <= {MAX_ASPECT_RATIO}, got {height} x {width} "
-      f"(ratio {ratio:.1f}); crop or pad the frames."
+      f"{name} height x width: aspect ratio max/min must be <= {MAX_ASPECT_RATIO}, got {height} x {width} "
+      f"(ratio {ratio:.1f}); {advice}."
     )
+
+
+def _fit(height: int, width: int, factor: int, min_pixels: int, max_pixels: int, frames: int = 1,
+         rounded_frames: int = 1) -> tuple[int, int]:
+  """Both sides rounded to multiples of `factor`; if rounded_frames * h * w leaves [min_pixels, max_pixels], both
+  sides scaled by sqrt(frames * height * width / budget) and floored (never below `factor`) or ceiled."""
   h_bar = round(height / factor) * factor
   w_bar = round(width / factor) * factor
-  t_bar = round(num_frames / temporal_factor) * temporal_factor
-  if t_bar * h_bar * w_bar > max_pixels:
-    beta = math.sqrt(num_frames * height * width / max_pixels)
+  if rounded_frames * h_bar * w_bar > max_pixels:
+    beta = math.sqrt(frames * height * width / max_pixels)
     h_bar = max(factor, math.floor(height / beta / factor) * factor)
     w_bar = max(factor, math.floor(width / beta / factor) * factor)
-  elif t_bar * h_bar * w_bar < min_pixels:
-    beta = math.sqrt(min_pixels / (num_frames * height * width))
+  elif rounded_frames * h_bar * w_bar < min_pixels:
+    beta = math.sqrt(min_pixels / (frames * height * width))
     h_bar = math.ceil(height * beta / factor) * factor
     w_bar = math.ceil(width * beta / factor) * factor
   return h_bar, w_bar
