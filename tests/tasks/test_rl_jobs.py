@@ -153,9 +153,10 @@ def test_sharded_grpo_step_equals_the_one_device_step():
 
 def test_shortened_grpo_job_raises_the_held_out_reward(tmp_path):
   """The README's main job shortened to 100 GRPO steps after its SFT warm start (half the config's): the held-out
-  sampled reward (256 prompts x 4 samples, the same draws at every evaluation) must rise by 0.03."""
+  sampled reward (256 prompts x 4 samples, the same draws at every evaluation) must rise by 0.03. One device, as the
+  README's command runs on a CPU (the sharded tests are above)."""
   config = configs.load("grpo_shapes")
   config.rl.steps = 100
-  result = train_lib.train(config, str(tmp_path))
+  result = train_lib.train(config, str(tmp_path), devices=jax.devices()[:1])
   after_sft = json.loads((tmp_path / "after_sft.json").read_text())["eval/sampled_reward"]
   assert result["eval/sampled_reward"] > after_sft + 0.03, (after_sft, result["eval/sampled_reward"])
