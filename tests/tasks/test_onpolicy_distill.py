@@ -24,7 +24,7 @@ from jaxagents.envs import counting
 from jaxagents.rl import grpo, vgs
 from jaxagents.tasks import rollouts
 from jaxagents.tasks.onpolicy_distill import OnPolicyDistill
-from tests.tasks import configs
+from tests.tasks import configs, hand_made
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _GROUP, _PROMPTS = 2, 2
@@ -66,14 +66,7 @@ def _prepare(task, state, records):
   def sample_groups(model, params, prompts, *, group_size, sampling, key):
     del model, params, key
     completions = _completions(counting.examples_from_batch(task.env, records))
-    tokens = np.full((len(completions), sampling.max_new_tokens), counting.PAD, np.int32)
-    for row, completion in enumerate(completions):
-      tokens[row, :len(completion)] = completion
-    lengths = np.array([len(c) for c in completions], np.int32)
-    repeated = prompts.repeat(group_size)
-    inputs, mask = repeated.with_completions(tokens, lengths, counting.PAD)
-    inputs, mask = sharding.shard_batch((inputs, np.asarray(mask, bool)))
-    return rollouts.HostRollout(repeated, tokens, lengths, inputs, mask, jnp.zeros(tokens.shape, jnp.float32))
+    return hand_made.host_rollout(prompts, completions, group_size, sampling.max_new_tokens)
 
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(rollouts, "sample_groups", sample_groups)

@@ -11,7 +11,6 @@ import copy
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -21,7 +20,7 @@ from jaxagents.models.qwen_vl.batching import token_batch
 from jaxagents.rl import grpo
 from jaxagents.tasks import counting_vlm, rollouts
 from jaxagents.tasks.grpo import GRPO
-from tests.tasks import configs
+from tests.tasks import configs, hand_made
 
 _GROUP, _PROMPTS = 3, 2
 
@@ -66,18 +65,8 @@ def _records(task, count):
 
 
 def _host_rollout(task, prompts, completions):
-  """A `rollouts.HostRollout` of hand-made completions of `prompts` ([N] prompts, G completions each), laid out as
-  `rollouts.sample_groups` lays out sampled ones."""
-  length = task.sampling.max_new_tokens
-  assert max(len(c) for c in completions) <= length
-  tokens = np.full((len(completions), length), counting.PAD, np.int32)
-  for row, completion in enumerate(completions):
-    tokens[row, :len(completion)] = completion
-  lengths = np.array([len(c) for c in completions], np.int32)
-  repeated = prompts.repeat(_GROUP)
-  inputs, mask = repeated.with_completions(tokens, lengths, counting.PAD)
-  inputs, mask = sharding.shard_batch((inputs, np.asarray(mask, bool)))
-  return rollouts.HostRollout(repeated, tokens, lengths, inputs, mask, jnp.zeros(tokens.shape, jnp.float32))
+  """Hand-made completions of `prompts` ([N] prompts, G completions each) as the sampler would return them."""
+  return hand_made.host_rollout(prompts, completions, _GROUP, task.sampling.max_new_tokens)
 
 
 # -- an independent recomputation -----------------------------------------------------------------------------------
