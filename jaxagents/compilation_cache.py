@@ -3,6 +3,10 @@ process, reuse compiled programs from disk instead of compiling them again (seco
 
 The directory is `$JAXAGENTS_COMPILATION_CACHE` when set (an empty value turns the cache off), else
 `~/.cache/jaxagents/xla`. Programs that compile in under `min_compile_seconds` are not stored.
+
+Known issue: on XLA:CPU with several (fake) devices, jax 0.10.2 deadlocked in the collectives of one 8-device decode
+program loaded from the cache (compiled afresh it ran fine); if a multi-device CPU run hangs in a "rendezvous", run it
+with `JAXAGENTS_COMPILATION_CACHE=` (off).
 """
 
 from __future__ import annotations
