@@ -4,9 +4,9 @@ process, reuse compiled programs from disk instead of compiling them again (seco
 The directory is `$JAXAGENTS_COMPILATION_CACHE` when set (an empty value turns the cache off), else
 `~/.cache/jaxagents/xla`. Programs that compile in under `min_compile_seconds` are not stored.
 
-Known issue: on XLA:CPU with several (fake) devices, jax 0.10.2 deadlocked in the collectives of one 8-device decode
-program loaded from the cache (compiled afresh it ran fine); if a multi-device CPU run hangs in a "rendezvous", run it
-with `JAXAGENTS_COMPILATION_CACHE=` (off).
+The cache stays off in a CPU process with several (fake) devices: on XLA:CPU, jax 0.10.2 programs with collectives
+loaded from the cache deadlocked in a "rendezvous" (an 8-device decode, a 4-device training step; compiled afresh
+they ran fine). One-device CPU processes and accelerators use it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ DEFAULT_DIR = os.path.join("~", ".cache", "jaxagents", "xla")
 
 
 def enable(directory: str | None = None, *, min_compile_seconds: float = 0.5) -> str | None:
-  """Points JAX's persistent cache at `directory` (default: see the module doc); returns it, or None when off.
+  """Points JAX's persistent cache at `directory` (default: see the module doc); returns it, or None when off
+  (also on a multi-device CPU, see the module doc). Call it after `jax.distributed.initialize`.
 
   A cache directory set already (e.g. by `JAX_COMPILATION_CACHE_DIR`) is kept.
   """
@@ -29,6 +30,8 @@ def enable(directory: str | None = None, *, min_compile_seconds: float = 0.5) ->
   if directory is None:
     directory = os.environ.get(ENV, DEFAULT_DIR)
   if not directory:
+    return None
+  if jax.default_backend() == "cpu" and jax.local_device_count() > 1:
     return None
   directory = os.path.expanduser(directory)
   jax.config.update("jax_compilation_cache_dir", directory)

@@ -1,6 +1,7 @@
 """Test-wide settings: CPU only, eight fake devices for the sharding tests, deterministic seeds, and one persistent
-compilation cache for the session's processes (the xdist workers and the jobs the tests launch), so a program
-compiled by one test is read from disk by the next."""
+compilation cache for the one-device processes the tests launch (jobs, entry points), so a program compiled by one
+test is read from disk by the next; the eight-device workers themselves run without it (`jaxagents.compilation_cache`
+says why)."""
 
 import os
 import tempfile

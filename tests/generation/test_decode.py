@@ -166,21 +166,7 @@ def _shard_rows(prompts, mesh):
                      put(prompts.decode_base, PartitionSpec(None, rows)), vision)
 
 
-@pytest.fixture
-def without_compilation_cache():
-  """XLA:CPU (jax 0.10.2) deadlocks in the collectives of this 8-device decode program when it is loaded from the
-  persistent cache (a rendezvous of 2 devices against one of 8, then an abort); compiling it afresh runs fine."""
-  from jax._src import compilation_cache  # JAX memoises whether the cache is used; reset it around the switch
-
-  enabled = jax.config.jax_enable_compilation_cache
-  jax.config.update("jax_enable_compilation_cache", False)
-  compilation_cache.reset_cache()
-  yield
-  jax.config.update("jax_enable_compilation_cache", enabled)
-  compilation_cache.reset_cache()
-
-
-def test_generate_on_a_sharded_mesh_gives_the_one_device_tokens(decoder, without_compilation_cache):
+def test_generate_on_a_sharded_mesh_gives_the_one_device_tokens(decoder):
   model, params = decoder.model, mesh_lib.unbox(decoder.params)
   prompts = decoder.prompts
   assert prompts.input_ids.shape[0] == 4

@@ -15,7 +15,7 @@ Follows the transformers 5.23 Qwen-VL processors step by step, without torch or 
   Qwen3-VL timestamps (indices padded like the frames, idx / fps, mean of the first and last of each group).
 * `expand_prompt` (the processors' `replace_image_token` / `replace_video_token`): each `<|image_pad|>` /
   `<|video_pad|>` becomes t*h*w / merge^2 pads; Qwen3-VL videos become
-  `<{t:.1f} seconds><|vision_start|>pads<|vision_end|>` per temporal group.
+  `<{t:.1f} seconds><|vision_start|>pads<|vision_end|>` per temporal group, replacing the template's wrapper.
 
 Our choices, not transformers': video frames are resized with PIL bicubic on uint8 like images; transformers
 resizes videos with torchvision (antialiased bicubic on tensors), so video pixels differ slightly from its output,
@@ -293,8 +293,10 @@ def expand_prompt(text: str | Sequence[str], image_grid_thw: Any = None, video_g
 
   Pads are consumed in order across the batch: the i-th `<|image_pad|>` takes image_grid_thw[i] ([n, 3] (t, h, w))
   and becomes t*h*w / merge^2 pads; videos likewise, except Qwen3-VL, where video i becomes, for each temporal group
-  g, `<{timestamps[i][g]:.1f} seconds><|vision_start|>` + h*w / merge^2 pads + `<|vision_end|>` (the template's own
-  vision start/end stay around it). merge_size defaults to the config's (else 2).
+  g, `<{timestamps[i][g]:.1f} seconds><|vision_start|>` + h*w / merge^2 pads + `<|vision_end|>`, and the chat
+  template's own `<|vision_start|><|video_pad|><|vision_end|>` around it collapses into those frames (transformers
+  >= 5.25 `Qwen3VLProcessor.get_text_with_replacements`; earlier versions kept an extra start/end pair around all
+  frames). merge_size defaults to the config's (else 2).
   """
   family = _family(cfg_or_family)
   if merge_size is None:
@@ -320,6 +322,7 @@ def expand_prompt(text: str | Sequence[str], image_grid_thw: Any = None, video_g
         raise ValueError(f"timestamps[{i}]: expected {t} values (video_grid_thw t), got {len(stamps)}.")
       frame = VISION_START + VIDEO_PAD * int(h * w // merge) + VISION_END
       replacements[VIDEO_PAD].append("".join(f"<{s:.1f} seconds>{frame}" for s in stamps))
+    texts = [t.replace(VISION_START + VIDEO_PAD + VISION_END, VIDEO_PAD) for t in texts]  # frames wrap themselves
   else:
     if timestamps is not None and family != "qwen3_vl":
       raise ValueError(f"timestamps: only Qwen3-VL prompts carry frame timestamps, got them for {family}.")
