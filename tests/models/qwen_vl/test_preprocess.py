@@ -410,11 +410,14 @@ def test_prompt_expansion_matches_hf_processor(family):
   assert pp.expand_prompt(text[1], image_grid[2:], None, family) == processor.expanded[1]  # a single string
 
 
-def test_qwen3_prompt_nests_timestamped_frames_inside_the_template_markers():
+def test_qwen3_prompt_replaces_the_template_markers_by_timestamped_frames():
+  # transformers >= 5.25: the template's <|vision_start|><|video_pad|><|vision_end|> becomes the frames, each of
+  # which carries its own markers; a bare <|video_pad|> becomes the same frames.
   vs, ve, _, vid = SPECIAL
-  out = pp.expand_prompt(f"a{vs}{vid}{ve}b", None, [[2, 4, 6]], "qwen3_vl", timestamps=[[0.25, 1.5]])
   frame = f"{vs}{vid * 6}{ve}"
-  assert out == f"a{vs}<0.2 seconds>{frame}<1.5 seconds>{frame}{ve}b"
+  for prompt in (f"a{vs}{vid}{ve}b", f"a{vid}b"):
+    out = pp.expand_prompt(prompt, None, [[2, 4, 6]], "qwen3_vl", timestamps=[[0.25, 1.5]])
+    assert out == f"a<0.2 seconds>{frame}<1.5 seconds>{frame}b", prompt
 
 
 # ---------------------------------------------------------------------------------------------------------------
