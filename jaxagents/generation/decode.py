@@ -48,9 +48,23 @@ class Generation:
   lengths: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("model", "sampling", "cache_dtype"))
-def _generate(params, inputs: PromptBatch, key, *, model, sampling: SamplingConfig, cache_dtype) -> Generation:
-  inputs = inputs.left_padded()
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DecodeState:
+  """The loop state after step `step`: tokens/logprobs [B, T] written up to column `step`, lengths [B], done [B]."""
+
+  step: jax.Array
+  cache: Any
+  tokens: jax.Array
+  logprobs: jax.Array
+  lengths: jax.Array
+  done: jax.Array
+  key: jax.Array
+  kv_mask: jax.Array
+
+
+def prefill(params, inputs: PromptBatch, key, *, model, sampling: SamplingConfig, cache_dtype) -> DecodeState:
+  """Runs the prompt through the model into a fresh cache and chooses token 0 (`inputs` already left-padded)."""
   batch, prompt_length = inputs.input_ids.shape
   steps = sampling.max_new_tokens
   cache = model.init_cache(batch, prompt_length + steps, cache_dtype)
@@ -61,34 +75,43 @@ def _generate(params, inputs: PromptBatch, key, *, model, sampling: SamplingConf
   logits, cache = model.apply(params, *inputs.model_args(), cache=cache, cache_index=0, kv_mask=kv_mask)
   key, step_key = jax.random.split(key)
   token, logprob = choose(logits[:, -1], sampling, step_key)
-  eos = jnp.asarray(sampling.eos_ids or (-1,), jnp.int32)
   tokens = jnp.full((batch, steps), sampling.pad_id, jnp.int32).at[:, 0].set(token)
   logprobs = jnp.zeros((batch, steps), jnp.float32).at[:, 0].set(logprob)
-  done = jnp.isin(token, eos)
-  lengths = jnp.ones((batch,), jnp.int32)
+  done = jnp.isin(token, _eos(sampling))
+  return DecodeState(jnp.int32(0), cache, tokens, logprobs, jnp.ones((batch,), jnp.int32), done, key, kv_mask)
+
+
+def decode_step(params, inputs: PromptBatch, state: DecodeState, *, model, sampling: SamplingConfig) -> DecodeState:
+  """Feeds token `state.step` and chooses token `step + 1` (rows already done get `pad_id`, log-prob 0)."""
+  step = state.step
+  fed = state.tokens[:, step][:, None]
+  logits, cache = model.apply(params, *inputs.decode_args(fed, step), cache=state.cache,
+                              cache_index=inputs.input_ids.shape[1] + step, kv_mask=state.kv_mask)
+  key, step_key = jax.random.split(state.key)
+  token, logprob = choose(logits[:, -1], sampling, step_key)
+  token = jnp.where(state.done, sampling.pad_id, token)
+  logprob = jnp.where(state.done, 0.0, logprob)
+  return DecodeState(step + 1, cache, state.tokens.at[:, step + 1].set(token),
+                     state.logprobs.at[:, step + 1].set(logprob), state.lengths + (~state.done).astype(jnp.int32),
+                     state.done | jnp.isin(token, _eos(sampling)), key, state.kv_mask)
+
+
+def _eos(sampling: SamplingConfig) -> jax.Array:
+  return jnp.asarray(sampling.eos_ids or (-1,), jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "sampling", "cache_dtype"))
+def _generate(params, inputs: PromptBatch, key, *, model, sampling: SamplingConfig, cache_dtype) -> Generation:
+  inputs = inputs.left_padded()
+  state = prefill(params, inputs, key, model=model, sampling=sampling, cache_dtype=cache_dtype)
+  steps = sampling.max_new_tokens
 
   def cond(state):
-    step, *_, done, _ = state
-    return (step < steps - 1) & ~jnp.all(done)
+    return (state.step < steps - 1) & ~jnp.all(state.done)
 
-  def body(state):
-    step, cache, tokens, logprobs, lengths, done, key = state
-    fed = tokens[:, step][:, None]
-    logits, cache = model.apply(params, *inputs.decode_args(fed, step), cache=cache,
-                                cache_index=prompt_length + step, kv_mask=kv_mask)
-    key, step_key = jax.random.split(key)
-    token, logprob = choose(logits[:, -1], sampling, step_key)
-    token = jnp.where(done, sampling.pad_id, token)
-    logprob = jnp.where(done, 0.0, logprob)
-    tokens = tokens.at[:, step + 1].set(token)
-    logprobs = logprobs.at[:, step + 1].set(logprob)
-    lengths = lengths + (~done).astype(jnp.int32)
-    done = done | jnp.isin(token, eos)
-    return step + 1, cache, tokens, logprobs, lengths, done, key
-
-  state = (jnp.int32(0), cache, tokens, logprobs, lengths, done, key)
-  _, _, tokens, logprobs, lengths, _, _ = jax.lax.while_loop(cond, body, state)
-  return Generation(tokens, logprobs, lengths)
+  state = jax.lax.while_loop(cond, functools.partial(decode_step, params, inputs, model=model, sampling=sampling),
+                             state)
+  return Generation(state.tokens, state.logprobs, state.lengths)
 
 
 def generate(

@@ -14,18 +14,27 @@ Scorers:
   point_in_mask      the fraction of predicted points inside the referred mask [H, W] (Argos' pointing metric).
   temporal_iou       1-D IoU of predicted and ground-truth [start, end] segments, matched like boxes.
 
-Parsing rules (documented once, used by every scorer):
-  * `extract_answer`: the content of the last complete `\\boxed{...}` (balanced braces); else the last
-    `<answer>...</answer>`; else the rest of the line after the last "answer:" / "answer is" (any case); else the
-    whole response. Surrounding whitespace is stripped.
-  * `normalize_answer`: `\\text{x}`/`\\mathrm{x}` -> x, `$` removed, lower case, runs of whitespace -> one space,
-    leading/trailing punctuation `.,;:!?"'` and backticks removed, a leading article (a, an, the) removed.
-  * `parse_number`: the last number of the extracted answer. `\\frac{a}{b}` and `a/b` are fractions; `1,234.5`
-    uses thousands separators (groups of exactly three digits); `3e-4` is scientific; a `%` sign is dropped and the
-    value kept (50% -> 50); the Unicode minus counts as a minus; a sign right after a digit or letter is an
-    operator, not a sign.
-  * `parse_choice`: the extracted answer's letter when it is alone or opens it as "(B) ..", "B.", "B:", "B)", "B]";
-    else the letter after "option" ("option B"). Upper-cased. "B because" and "I think B" give None.
+Parsing rules (documented once, used by every scorer; none raises on any response, the empty one included):
+  * `strip_thinking`: reasoning is never the final answer. Complete `<think>...</think>` blocks are removed; then a
+    stray `</think>` (the chat template opened the block in the prompt) drops everything before it, and a stray
+    `<think>` (generation cut off mid-thought) drops everything after it. Every parser below sees the response
+    without its reasoning, so an answer that appears only inside `<think>` scores 0.
+  * `extract_answer`: the content of the last complete `\\boxed{...}` (balanced braces, so `\\boxed{\\frac{1}{2}}`
+    works; of two boxed answers the last counts); else the last `<answer>...</answer>`; else the rest of the line
+    after the last "answer:" / "answer is" (any case); else the whole response. Surrounding whitespace is stripped.
+  * markup, removed before matching: `\\text{x}`, `\\mathrm{x}`, `\\textbf{x}`, `\\mathbf{x}` -> x, `$`, `\\(`,
+    `\\)`, `\\[`, `\\]` and markdown `**` removed.
+  * `normalize_answer`: markup removed, lower case, runs of whitespace -> one space, leading/trailing punctuation
+    `.,;:!?"'*` and backticks removed, a leading article (a, an, the) removed. An empty answer matches nothing.
+  * `parse_number`: the last number of the extracted answer. `\\frac{a}{b}`, `\\dfrac{a}{b}` and `a/b` are
+    fractions (1/2 == 0.5); `1,234.5` and LaTeX's `1{,}234` / `1\\,234` use thousands separators (groups of exactly
+    three digits; "3,14" reads as 3 and 14); `3e-4` and `3 \\times 10^{-4}` are scientific; `2^{10}` is evaluated
+    and any other exponent (`12 m^2`) dropped; a `%` sign is dropped and the value kept (50% -> 50); units and
+    currency around the number are ignored ("12 cm", "$1,000"); the Unicode minus counts as a minus ("-3" != "3");
+    a sign right after a digit or letter is an operator, not a sign.
+  * `parse_choice`: after markup removal, the extracted answer's letter when it is alone or opens it as "(B) ..",
+    "[B]", "B.", "B:", "B)", "B]"; else the letter after "option" ("option B"). Upper-cased. "B because" and
+    "I think B" give None.
   * `parse_boxes`: every bracketed 4-tuple of numbers, `[x1, y1, x2, y2]` or `(x1, y1, x2, y2)` (also inside JSON
     such as Qwen2.5-VL's `{"bbox_2d": [...]}`), and Qwen-VL's `(x1,y1),(x2,y2)` corner pairs.
   * `parse_points`: every bracketed 2-tuple `(x, y)` / `[x, y]` and Molmo's `<point x=".." y="..">` /
@@ -64,6 +73,11 @@ _SEGMENT_RANGE_RE = re.compile(rf"({_TIME})\s*(?:s|sec|seconds)?\s*(?:to|-|–|�
 _MOLMO_POINT_RE = re.compile(r"<point\s+x\s*=\s*\"([^\"]+)\"\s+y\s*=\s*\"([^\"]+)\"", re.IGNORECASE)
 _MOLMO_POINTS_RE = re.compile(r"<points\s+([^>]*)>", re.IGNORECASE)
 _MOLMO_COORD_RE = re.compile(r"([xy])(\d+)\s*=\s*\"([^\"]+)\"", re.IGNORECASE)
+_THINK_BLOCK_RE = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
+_MARKUP_RE = re.compile(r"\\(?:text|mathrm|textbf|mathbf)\{([^{}]*)\}")
+_TIMES_TEN_RE = re.compile(rf"({_PLAIN})\s*(?:\\times|\\cdot|×|\*)\s*10\s*\^\s*\{{?\s*([-+]?\d+)\s*\}}?")
+_POWER_RE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*\^\s*\{?\s*([-+]?\d+)\s*\}?")
+_EXPONENT_RE = re.compile(r"\^\s*(?:\{[^{}]*\}|[-+]?\d+(?:\.\d+)?)")
 
 
 def _last_braced(text: str, command: str) -> str | None:
@@ -84,8 +98,28 @@ def _last_braced(text: str, command: str) -> str | None:
   return found
 
 
+def strip_thinking(text: str) -> str:
+  """The response without its `<think>` reasoning (rules in the module docstring)."""
+  text = _THINK_BLOCK_RE.sub(" ", text)
+  lowered = text.lower()
+  if "</think>" in lowered:
+    text = text[lowered.rindex("</think>") + len("</think>") :]
+    lowered = text.lower()
+  if "<think>" in lowered:
+    text = text[: lowered.index("<think>")]
+  return text
+
+
+def _strip_markup(text: str) -> str:
+  text = _MARKUP_RE.sub(r"\1", text)
+  for mark in ("$", "\\(", "\\)", "\\[", "\\]", "**"):
+    text = text.replace(mark, "")
+  return text
+
+
 def extract_answer(text: str) -> str:
   """The final answer of a response, by the rules in the module docstring."""
+  text = strip_thinking(text)
   boxed = _last_braced(text, "\\boxed{")
   if boxed is not None:
     return boxed.strip()
@@ -101,16 +135,25 @@ def extract_answer(text: str) -> str:
 
 def normalize_answer(text: str) -> str:
   """Canonical form for exact match (rules in the module docstring)."""
-  text = re.sub(r"\\(?:text|mathrm|textbf)\{([^{}]*)\}", r"\1", text)
-  text = text.replace("$", "").lower()
-  text = re.sub(r"\s+", " ", text).strip(" .,;:!?\"'`")
+  text = _strip_markup(text).lower()
+  text = re.sub(r"\s+", " ", text).strip(" .,;:!?\"'`*")
   return re.sub(r"^(?:a|an|the) ", "", text)
+
+
+def _evaluate_power(match: re.Match) -> str:
+  try:
+    return repr(float(match.group(1)) ** int(match.group(2)))
+  except (OverflowError, ZeroDivisionError):
+    return " "
 
 
 def parse_number(text: str, *, extract: bool = True) -> float | None:
   """The last number in the (extracted) answer, or None."""
   answer = extract_answer(text) if extract else text
   answer = re.sub(r"\\d?frac\{([^{}]*)\}\{([^{}]*)\}", r"\1/\2", answer).replace("\u2212", "-")
+  answer = re.sub(r"(?<=\d)(?:\{,\}|\\,)(?=\d{3})", ",", answer)
+  answer = _TIMES_TEN_RE.sub(r"\1e\2", answer)
+  answer = _EXPONENT_RE.sub("", _POWER_RE.sub(_evaluate_power, answer))
   matches = list(_NUMBER_RE.finditer(answer))
   if not matches:
     return None
@@ -123,9 +166,9 @@ def parse_number(text: str, *, extract: bool = True) -> float | None:
 
 def parse_choice(text: str) -> str | None:
   """The multiple-choice letter of the (extracted) answer, upper-cased, or None."""
-  answer = extract_answer(text)
+  answer = _strip_markup(extract_answer(text)).strip()
   match = (
-    re.match(r"^\(([A-Za-z])\)", answer)
+    re.match(r"^[(\[]([A-Za-z])[)\]]", answer)
     or re.match(r"^([A-Za-z])(?:[.:)\]]|$)", answer)
     or re.search(r"\boption\s*\(?([A-Za-z])\)?(?:\W|$)", answer, flags=re.IGNORECASE)
   )
@@ -133,7 +176,8 @@ def parse_choice(text: str) -> str | None:
 
 
 def parse_boxes(text: str) -> np.ndarray:
-  """Boxes `[N, 4]` (x1, y1, x2, y2) found in the response, in order; `[0, 4]` if none."""
+  """Boxes `[N, 4]` (x1, y1, x2, y2) found in the response outside `<think>`, in order; `[0, 4]` if none."""
+  text = strip_thinking(text)
   found = [(m.start(), m.groups()) for m in _BOX_RE.finditer(text)]
   found += [(m.start(), m.groups()) for m in _CORNER_BOX_RE.finditer(text)]
   values = [[float(v) for v in groups] for _, groups in sorted(found, key=lambda item: item[0])]
@@ -141,7 +185,8 @@ def parse_boxes(text: str) -> np.ndarray:
 
 
 def parse_points(text: str) -> np.ndarray:
-  """Points `[N, 2]` (x, y) found in the response, in order; `[0, 2]` if none."""
+  """Points `[N, 2]` (x, y) found in the response outside `<think>`, in order; `[0, 2]` if none."""
+  text = strip_thinking(text)
   found = [(m.start(), (m.group(1), m.group(2))) for m in _PAIR_RE.finditer(text)]
   found += [(m.start(), (m.group(1), m.group(2))) for m in _MOLMO_POINT_RE.finditer(text)]
   for tag in _MOLMO_POINTS_RE.finditer(text):
@@ -161,7 +206,8 @@ def parse_points(text: str) -> np.ndarray:
 
 
 def parse_segments(text: str) -> np.ndarray:
-  """Temporal segments `[N, 2]` (start, end) found in the response; `[0, 2]` if none."""
+  """Temporal segments `[N, 2]` (start, end) found in the response outside `<think>`; `[0, 2]` if none."""
+  text = strip_thinking(text)
   pairs = [m.groups() for m in _SEGMENT_PAIR_RE.finditer(text)]
   if not pairs:
     pairs = [m.groups() for m in _SEGMENT_RANGE_RE.finditer(text)]
@@ -178,9 +224,9 @@ def _targets(target: str | Sequence[str]) -> list[str]:
 
 
 def exact_match(response: str, target: str | Sequence[str], *, extract: bool = True) -> float:
-  """1.0 if the normalised (extracted) answer equals any normalised target, else 0.0."""
+  """1.0 if the normalised (extracted) answer equals any normalised target, else 0.0; an empty answer scores 0."""
   answer = normalize_answer(extract_answer(response) if extract else response)
-  return float(any(answer == normalize_answer(t) for t in _targets(target)))
+  return float(bool(answer) and any(answer == normalize_answer(t) for t in _targets(target)))
 
 
 def choice_match(response: str, target: str) -> float:

@@ -73,8 +73,25 @@ def token_batch(
   if flat_images:
     pixel_values, grid = preprocess_images(flat_images, image_options)
     rows = _expand(rows, grid, config)
+  return padded_batch(config, rows, completions, pad_id=pad_id, pixel_values=pixel_values, image_grid_thw=grid)
+
+
+def padded_batch(
+  config: QwenVLConfig,
+  rows: Sequence[Sequence[int]],
+  completions: Sequence[Sequence[int]] | None,
+  *,
+  pad_id: int,
+  mode: str | None = None,
+  **vision: np.ndarray | None,
+) -> tuple[ModelInputs, np.ndarray | None]:
+  """Expanded prompt rows (+ completions) -> left-padded `ModelInputs` (and the completion mask, or None).
+
+  `vision` holds `prepare_inputs`' keyword arguments (pixel values, grids, `second_per_grid_ts`); `mode` is the
+  M-RoPE mode (`positions` module docstring; default the config's).
+  """
   completion_rows = [[] for _ in rows] if completions is None else [[int(t) for t in c] for c in completions]
-  full = [prompt + completion for prompt, completion in zip(rows, completion_rows, strict=True)]
+  full = [list(prompt) + completion for prompt, completion in zip(rows, completion_rows, strict=True)]
   length = max(len(row) for row in full)
   ids = np.full((len(full), length), pad_id, np.int32)
   attention_mask = np.zeros_like(ids)
@@ -83,7 +100,7 @@ def token_batch(
     ids[b, length - len(row):] = row
     attention_mask[b, length - len(row):] = 1
     completion_mask[b, length - len(completion):] = bool(completion)
-  inputs = prepare_inputs(config, ids, attention_mask, pixel_values=pixel_values, image_grid_thw=grid)
+  inputs = prepare_inputs(config, ids, attention_mask, mode=mode, **vision)
   return inputs, (completion_mask if completions is not None else None)
 
 

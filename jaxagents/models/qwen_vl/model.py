@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jaxagents import layers
 from jaxagents.layers.kv_cache import KVCache
 from jaxagents.models.qwen_vl.config import QwenVLConfig
+from jaxagents.models.qwen_vl.inputs import ModelInputs
 from jaxagents.models.qwen_vl.sparse_prefill import modality_ids
 from jaxagents.models.qwen_vl.text import TextDecoder
 from jaxagents.models.qwen_vl.vision import VisionTower
@@ -98,9 +99,9 @@ class QwenVL(nn.Module):
 
   def __call__(
     self,
-    input_ids: jax.Array,
-    positions: jax.Array,
-    attention_mask: jax.Array,
+    input_ids: jax.Array | ModelInputs,
+    positions: jax.Array | None = None,
+    attention_mask: jax.Array | None = None,
     vision: VisionInputs | None = None,
     row_prompt: jax.Array | None = None,
     *,
@@ -112,7 +113,8 @@ class QwenVL(nn.Module):
     """Logits for every input token.
 
     Args:
-      input_ids: [B, L] int, left-padded when batched for generation.
+      input_ids: [B, L] int, left-padded when batched for generation; or a `ModelInputs` (from `Processor` or
+        `prepare_inputs`), which supplies every argument up to `row_prompt`: `apply(variables, inputs)`.
       positions: [3, B, L] int M-RoPE positions from `positions.rope_index`.
       attention_mask: [B, L] bool/int, 1 at real tokens.
       vision: `VisionInputs` of N prompts (`vision_layout`), or None (text only, or a decode step). The tower
@@ -128,6 +130,8 @@ class QwenVL(nn.Module):
       (logits [B, L, V] float32, updated cache or None), plus hidden states when `return_hidden`.
     """
     c = self.config
+    if isinstance(input_ids, ModelInputs):  # `apply(params, inputs)`, as `generate(model, params, inputs)` takes
+      input_ids, positions, attention_mask, vision, row_prompt = input_ids.model_args()
     if input_ids.ndim != 2:
       raise ValueError(f"input_ids: expected [B, L], got {input_ids.shape}")
     if attention_mask.shape != input_ids.shape:
