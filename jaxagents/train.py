@@ -337,6 +337,30 @@ def _print_summary(path: epath.Path, phases, final: dict[str, float]) -> None:
     print(f"held-out {key}: {values}", file=sys.stderr)
 
 
+def restore_trees(config, workdir: str, names: tuple[str, ...] = ("params",), step: int | None = None):
+  """(task, {name: tree}, step) of a run's checkpoint (default its latest), restored onto this process's mesh as
+  the loop lays them out: what an export or an offline evaluation of a finished (or interrupted) run needs."""
+  mesh = sharding.make_mesh(config.mesh)
+  task = get_task(config.task, config)
+  rules = (*getattr(task, "logical_rules", ()), *sharding.DEFAULT_RULES)
+  optimizers = task.optimizers()
+  checkpointer = checkpoint_lib.Checkpointer(epath.Path(workdir) / "checkpoints", save_every=1, keep=None)
+  step = checkpointer.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"workdir: {workdir} holds no checkpoint")
+  with sharding.active(mesh, rules):
+    boxed = jax.eval_shape(functools.partial(initial_state, task, optimizers), jax.random.key(0))
+    shardings = sharding.logical_to_sharding(boxed, mesh, rules)
+    abstract = checkpoint_lib.abstract_with_shardings(sharding.unbox(boxed), shardings)
+    checkpointer.check_matches(step, abstract)
+    state = checkpointer.restore(step, abstract)
+  checkpointer.close()
+  missing = [name for name in names if name not in state]
+  if missing:
+    raise ValueError(f"names: {missing} are not trees of the run's state (it has {sorted(state)})")
+  return task, {name: state[name] for name in names}, step
+
+
 def main(argv):
   del argv
   from absl import flags, logging

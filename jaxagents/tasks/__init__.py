@@ -10,6 +10,8 @@ from jaxagents.tasks.base import Optimizer, Phase, Task
 TASKS = {
   "sorting_lm": "jaxagents.tasks.sorting_lm:SortingLM",
   "vlm_sft": "jaxagents.tasks.vlm_sft:VLMSFT",
+  "checkpoint_sft": "jaxagents.tasks.vlm_sft:CheckpointSFT",
+  "checkpoint_grpo": "jaxagents.tasks.checkpoint_grpo:CheckpointGRPO",
   "grpo": "jaxagents.tasks.grpo:GRPO",
   "onpolicy_distill": "jaxagents.tasks.onpolicy_distill:OnPolicyDistill",
 }

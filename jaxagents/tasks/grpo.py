@@ -148,21 +148,31 @@ class GRPO:
   def update(self, state, batch, rng, phase):
     del rng
     name = phase.optimizer
-    optimizer = self._optimizers[name]
     if phase.name == "sft":
-      (loss, _), grads = jax.value_and_grad(vlm_sft.sft_loss, argnums=1, has_aux=True)(
-        self.model, state["params"], batch["inputs"], batch["completion_mask"])
-      return apply_gradients(state, grads, name, optimizer), {"sft/loss": loss, "grad_norm": optax.tree.norm(grads)}
-
-    def loss_fn(params):
-      logp, entropy = completion_logprobs(self.model, {"params": params}, batch["inputs"],
-                                                   batch["completion_mask"], self.sampling)
-      return grpo.grpo_loss(logp, batch["old_logp"], batch["advantages"], batch["completion_mask"],
-                            ref_logp=batch["ref_logp"], entropy=entropy, config=self.loss_config)
-
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    return apply_gradients(state, grads, name, optimizer), {**metrics, "grad_norm": optax.tree.norm(grads)}
+      return sft_update(self.model, state, batch, name, self._optimizers[name])
+    return policy_update(self.model, self.sampling, self.loss_config, state, batch, name, self._optimizers[name])
 
   def evaluate(self, state, step):
     del step
     return self.held_out(self.model, {"params": state["params"]})
+
+
+def sft_update(model, state, batch, name: str, optimizer: Optimizer):
+  """One SFT step on {"inputs", "completion_mask"}: (state, {"sft/loss", "grad_norm"})."""
+  (loss, _), grads = jax.value_and_grad(vlm_sft.sft_loss, argnums=1, has_aux=True)(
+    model, state["params"], batch["inputs"], batch["completion_mask"])
+  return apply_gradients(state, grads, name, optimizer), {"sft/loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
+def policy_update(model, sampling, loss_config: grpo.GRPOConfig, state, batch, name: str, optimizer: Optimizer):
+  """One `grpo.grpo_loss` step on a prepared rollout batch {"inputs", "completion_mask", "old_logp", "ref_logp",
+  "advantages"}; log-probs and entropies under the sampler's distribution."""
+
+  def loss_fn(params):
+    logp, entropy = completion_logprobs(model, {"params": params}, batch["inputs"], batch["completion_mask"],
+                                        sampling)
+    return grpo.grpo_loss(logp, batch["old_logp"], batch["advantages"], batch["completion_mask"],
+                          ref_logp=batch["ref_logp"], entropy=entropy, config=loss_config)
+
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  return apply_gradients(state, grads, name, optimizer), {**metrics, "grad_norm": optax.tree.norm(grads)}

@@ -78,3 +78,56 @@ class VLMSFT:
   def evaluate(self, state, step):
     del step
     return self.held_out(self.model, {"params": state["params"]})
+
+
+class CheckpointSFT:
+  """SFT of a Qwen-VL checkpoint on a dataset file (`checkpoint_vlm`; configs/sft_qwen2_5_vl.py): each record's
+  final assistant turn, or its answer, is the target; held-out rewards by name (`config.reward`) on `data.eval`."""
+
+  plot_file = "loss.png"
+  plot_keys = ("loss", "eval/reward", "eval/sampled_reward")
+
+  def __init__(self, config):
+    from jaxagents.generation import SamplingConfig
+    from jaxagents.rl import named_rewards
+    from jaxagents.tasks import checkpoint_vlm as cvlm
+
+    config_checks.positive(config, "sft.steps", "sft.batch_size", "eval.examples", "eval.max_new_tokens")
+    self.config = config
+    self.cvlm = cvlm
+    self.model, self.processor = cvlm.build_model(config)
+    self.train = cvlm.RecordBatches.from_config(config, self.processor, "train")
+    if self.train is None:
+      raise ValueError("config.data.train: expected a dataset path, got None.")
+    self.phases = (Phase("sft", config.sft.steps, config.sft.batch_size),)
+    sampling = SamplingConfig(config.eval.max_new_tokens, config.eval.get("temperature", 1.0),
+                              **self.processor.stop_options)
+    held_out = cvlm.RecordBatches.from_config(config, self.processor, "eval") or self.train
+    self.held_out = cvlm.HeldOutRecords(held_out, named_rewards.from_config(config.reward), config.eval.examples,
+                                        config.eval.samples, sampling, config.seed)
+
+  def init(self, rng):
+    return {"params": self.model.init(rng, *self.train.prompts([self.train.dataset[0]]).model_args())["params"]}
+
+  def pretrained(self, abstract_state):
+    return {"params": self.cvlm.pretrained_params(self.config, abstract_state["params"])}
+
+  def optimizers(self):
+    return {"main": Optimizer(adamw(self.config.sft.learning_rate))}
+
+  def source(self, phase):
+    del phase
+    return self.train.source()
+
+  def prepare(self, state, records, rng, phase):
+    del state, rng, phase
+    inputs, completion_mask = self.train.sft(self.train.records(records))
+    return {"inputs": inputs, "completion_mask": completion_mask}, {}
+
+  def loss(self, params, batch, rng, phase):
+    del rng, phase
+    return sft_loss(self.model, params, batch["inputs"], batch["completion_mask"])
+
+  def evaluate(self, state, step):
+    del step
+    return self.held_out(self.model, {"params": state["params"]})

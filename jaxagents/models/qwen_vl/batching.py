@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -83,16 +84,19 @@ def padded_batch(
   *,
   pad_id: int,
   mode: str | None = None,
-  **vision: np.ndarray | None,
+  length_multiple: int = 1,
+  **vision: Any,
 ) -> tuple[ModelInputs, np.ndarray | None]:
   """Expanded prompt rows (+ completions) -> left-padded `ModelInputs` (and the completion mask, or None).
 
-  `vision` holds `prepare_inputs`' keyword arguments (pixel values, grids, `second_per_grid_ts`); `mode` is the
-  M-RoPE mode (`positions` module docstring; default the config's).
+  `vision` holds `prepare_inputs`' keyword arguments (pixel values, grids, `second_per_grid_ts`, `pad_patches_to`);
+  `mode` is the M-RoPE mode (`positions` module docstring; default the config's); rows are padded to a multiple of
+  `length_multiple` tokens (a static-shape bucket).
   """
   completion_rows = [[] for _ in rows] if completions is None else [[int(t) for t in c] for c in completions]
   full = [list(prompt) + completion for prompt, completion in zip(rows, completion_rows, strict=True)]
   length = max(len(row) for row in full)
+  length = -(-length // length_multiple) * length_multiple
   ids = np.full((len(full), length), pad_id, np.int32)
   attention_mask = np.zeros_like(ids)
   completion_mask = np.zeros(ids.shape, bool)

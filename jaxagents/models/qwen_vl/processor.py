@@ -141,13 +141,16 @@ class Processor:
     add_generation_prompt: bool = True,
     max_prompt_tokens: int | None = None,
     video_fps: Sequence[Sequence[float]] | None = None,
+    length_multiple: int = 1,
+    patch_multiple: int | None = None,
   ) -> ModelInputs | tuple[ModelInputs, np.ndarray]:
     """B conversations -> `ModelInputs` (left-padded prompts), or (`ModelInputs`, completion_mask [B, L]) with
     `completions` (strings, tokenized and closed by a stop id, or token-id lists taken as they are).
 
     images[b] / videos[b]: row b's images (PIL or uint8 [H, W, 3]) and videos (frames [T, H, W, 3] or a list of
     frames), in the order their parts appear in the conversation. video_fps[b][i]: video i's frame rate
-    (default `self.video_fps`).
+    (default `self.video_fps`). Static-shape buckets: rows are padded to a multiple of `length_multiple` tokens and,
+    with `patch_multiple` (a multiple of merge_size**2), every prompt's patches to a multiple of it.
     """
     count = len(conversations)
     if count == 0:
@@ -179,7 +182,12 @@ class Processor:
     if completions is not None:
       completion_rows = [self.encode_completion(c) if isinstance(c, str) else [int(t) for t in c]
                          for c in completions]
-    inputs, mask = padded_batch(self.config, rows, completion_rows, pad_id=self.pad_id, mode=self.mode, **vision)
+    if patch_multiple is not None and (images or videos):
+      patches = [sum(int(np.prod(g)) for g in _row_grids(vision, images, videos, b)) for b in range(count)]
+      if max(patches):
+        vision["pad_patches_to"] = -(-max(patches) // patch_multiple) * patch_multiple
+    inputs, mask = padded_batch(self.config, rows, completion_rows, pad_id=self.pad_id, mode=self.mode,
+                                length_multiple=length_multiple, **vision)
     return inputs if completions is None else (inputs, mask)
 
   def _vision(self, images, videos, video_fps) -> dict[str, Any]:
@@ -203,6 +211,16 @@ class Processor:
       elif self.config.family == "qwen3_vl":
         out["timestamps"] = timings
     return out
+
+
+def _row_grids(vision: Mapping[str, Any], images, videos, row: int) -> list[np.ndarray]:
+  """The (t, h, w) grids of row `row`'s images and videos (items are concatenated row by row)."""
+  out = []
+  for key, items in (("image_grid_thw", images), ("video_grid_thw", videos)):
+    if key in vision:
+      start = sum(len(r) for r in items[:row])
+      out += list(vision[key][start:start + len(items[row])])
+  return out
 
 
 def _read_json(path: str) -> dict[str, Any]:

@@ -130,3 +130,19 @@ def test_bad_inputs_are_refused_with_their_row(checkpoint):
     processor(conversations(), images=[[images(0)[0]]])
   with pytest.raises(FileNotFoundError, match="directory"):
     Processor.from_pretrained(f"{checkpoint}/missing")
+
+
+def test_shape_buckets_pad_rows_and_patches_without_changing_the_logits(checkpoint):
+  from jaxagents.models.qwen_vl import QwenVL, load_params
+
+  config, params = load_params(checkpoint)
+  processor = Processor.from_pretrained(checkpoint, config=config)
+  row_images = [[images(4)[0]], [images(4)[1]]]
+  plain = processor(conversations(), images=row_images)
+  bucketed = processor(conversations(), images=row_images, length_multiple=64, patch_multiple=64)
+  assert bucketed.input_ids.shape[1] % 64 == 0 and bucketed.input_ids.shape[1] > plain.input_ids.shape[1]
+  assert bucketed.vision.patches.shape[1] % 64 == 0
+  model = QwenVL(config)
+  a = np.asarray(model.apply({"params": params}, plain)[0])[:, -1]
+  b = np.asarray(model.apply({"params": params}, bucketed)[0])[:, -1]
+  np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
