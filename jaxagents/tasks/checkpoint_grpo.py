@@ -154,9 +154,13 @@ class CheckpointGRPO:
   def update(self, state, batch, rng, phase):
     del rng
     name = phase.optimizer
+    sft, rl = self.config.sft, self.config.rl
     if phase.name == "sft":
-      return sft_update(self.model, state, batch, name, self._optimizers[name])
-    return policy_update(self.model, self.sampling, self.loss_config, state, batch, name, self._optimizers[name])
+      return sft_update(self.model, state, batch, name, self._optimizers[name],
+                        micro_batches=sft.get("micro_batches", 1), chunk=sft.get("logprob_chunk"))
+    return policy_update(self.model, self.sampling, self.loss_config, state, batch, name, self._optimizers[name],
+                         micro_batches=rl.get("micro_batches", 1), group=rl.group_size,
+                         chunk=rl.get("logprob_chunk"), response_length=rl.max_new_tokens)
 
   def evaluate(self, state, step):
     del step

@@ -31,7 +31,7 @@ from jaxagents.envs import counting
 from jaxagents.generation import completion_logprobs
 from jaxagents.models.qwen_vl.model import QwenVL
 from jaxagents.rl import grpo
-from jaxagents.tasks import config_checks, rollouts, vlm_sft
+from jaxagents.tasks import accumulate, config_checks, rollouts, vlm_sft
 from jaxagents.tasks import counting_vlm as cv
 from jaxagents.tasks.base import Optimizer, Phase, apply_gradients
 from jaxagents.tasks.process_rewards import ProcessReward, process_options
@@ -157,22 +157,36 @@ class GRPO:
     return self.held_out(self.model, {"params": state["params"]})
 
 
-def sft_update(model, state, batch, name: str, optimizer: Optimizer):
-  """One SFT step on {"inputs", "completion_mask"}: (state, {"sft/loss", "grad_norm"})."""
-  (loss, _), grads = jax.value_and_grad(vlm_sft.sft_loss, argnums=1, has_aux=True)(
-    model, state["params"], batch["inputs"], batch["completion_mask"])
-  return apply_gradients(state, grads, name, optimizer), {"sft/loss": loss, "grad_norm": optax.tree.norm(grads)}
+def sft_update(model, state, batch, name: str, optimizer: Optimizer, *, micro_batches: int = 1,
+               chunk: int | None = None):
+  """One SFT step on {"inputs", "completion_mask"}: (state, {"sft/loss", "grad_norm"}); `micro_batches` and `chunk`
+  as in `policy_update`."""
+
+  def loss_fn(params, piece, totals):
+    loss, metrics = vlm_sft.sft_loss(model, params, piece["inputs"], piece["completion_mask"], chunk=chunk,
+                                     token_count=None if totals is None else totals["tokens"])
+    return loss, {**metrics, "sft/loss": loss}
+
+  grads, metrics = accumulate.accumulated_grads(loss_fn, state["params"], batch, count=micro_batches, group=1)
+  return apply_gradients(state, grads, name, optimizer), {"sft/loss": metrics["sft/loss"],
+                                                          "grad_norm": optax.tree.norm(grads)}
 
 
-def policy_update(model, sampling, loss_config: grpo.GRPOConfig, state, batch, name: str, optimizer: Optimizer):
+def policy_update(model, sampling, loss_config: grpo.GRPOConfig, state, batch, name: str, optimizer: Optimizer, *,
+                  micro_batches: int = 1, group: int = 1, chunk: int | None = None,
+                  response_length: int | None = None):
   """One `grpo.grpo_loss` step on a prepared rollout batch {"inputs", "completion_mask", "old_logp", "ref_logp",
-  "advantages"}; log-probs and entropies under the sampler's distribution."""
+  "advantages"}; log-probs and entropies under the sampler's distribution. Memory at real sizes: gradients
+  accumulated over `micro_batches` micro-batches of whole groups (`accumulate.py`), log-probs projected `chunk`
+  positions at a time over the last `response_length` columns (`generation.completion_logprobs`)."""
 
-  def loss_fn(params):
-    logp, entropy = completion_logprobs(model, {"params": params}, batch["inputs"], batch["completion_mask"],
-                                        sampling)
-    return grpo.grpo_loss(logp, batch["old_logp"], batch["advantages"], batch["completion_mask"],
-                          ref_logp=batch["ref_logp"], entropy=entropy, config=loss_config)
+  def loss_fn(params, piece, totals):
+    logp, entropy = completion_logprobs(model, {"params": params}, piece["inputs"], piece["completion_mask"],
+                                        sampling, chunk=chunk, response_length=response_length)
+    counts = {} if totals is None else {"global_token_count": totals["tokens"],
+                                        "global_seq_count": totals["sequences"]}
+    return grpo.grpo_loss(logp, piece["old_logp"], piece["advantages"], piece["completion_mask"],
+                          ref_logp=piece["ref_logp"], entropy=entropy, config=loss_config, **counts)
 
-  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  grads, metrics = accumulate.accumulated_grads(loss_fn, state["params"], batch, count=micro_batches, group=group)
   return apply_gradients(state, grads, name, optimizer), {**metrics, "grad_norm": optax.tree.norm(grads)}

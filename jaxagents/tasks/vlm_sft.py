@@ -19,11 +19,14 @@ from jaxagents.tasks import counting_vlm as cv
 from jaxagents.tasks.base import Optimizer, Phase
 
 
-def sft_loss(model, params, inputs, completion_mask):
-  """Mean negative log-likelihood of the completion tokens (`completion_mask`) under the model; (loss, metrics)."""
-  logp, _ = completion_logprobs(model, {"params": params}, inputs, completion_mask)
+def sft_loss(model, params, inputs, completion_mask, *, chunk: int | None = None, token_count=None):
+  """Mean negative log-likelihood of the completion tokens (`completion_mask`) under the model; (loss, metrics).
+  `chunk`: project the logits that many positions at a time (`generation.completion_logprobs`); `token_count`: the
+  normaliser (default this batch's completion tokens; a micro-batch passes its whole batch's)."""
+  logp, _ = completion_logprobs(model, {"params": params}, inputs, completion_mask, chunk=chunk)
   tokens = completion_mask.sum()
-  loss = -logp.sum() / jnp.maximum(tokens, 1)  # an all-empty batch gives 0, not NaN
+  normaliser = tokens if token_count is None else token_count
+  loss = -logp.sum() / jnp.maximum(normaliser, 1)  # an all-empty batch gives 0, not NaN
   return loss, {"tokens": tokens}
 
 
@@ -85,7 +88,8 @@ class CheckpointSFT:
   final assistant turn, or its answer, is the target; held-out rewards by name (`config.reward`) on `data.eval`."""
 
   plot_file = "loss.png"
-  plot_keys = ("loss", "eval/reward", "eval/sampled_reward")
+  plot_keys = ("sft/loss", "eval/reward", "eval/sampled_reward")
+  progress_keys = ("sft/loss",)
 
   def __init__(self, config):
     from jaxagents.generation import SamplingConfig
@@ -100,6 +104,7 @@ class CheckpointSFT:
     if self.train is None:
       raise ValueError("config.data.train: expected a dataset path, got None.")
     self.phases = (Phase("sft", config.sft.steps, config.sft.batch_size),)
+    self._optimizers = {"main": Optimizer(adamw(config.sft.learning_rate))}
     sampling = SamplingConfig(config.eval.max_new_tokens, config.eval.get("temperature", 1.0),
                               **self.processor.stop_options)
     held_out = cvlm.RecordBatches.from_config(config, self.processor, "eval") or self.train
@@ -113,7 +118,7 @@ class CheckpointSFT:
     return {"params": self.cvlm.pretrained_params(self.config, abstract_state["params"])}
 
   def optimizers(self):
-    return {"main": Optimizer(adamw(self.config.sft.learning_rate))}
+    return self._optimizers
 
   def source(self, phase):
     del phase
@@ -124,9 +129,13 @@ class CheckpointSFT:
     inputs, completion_mask = self.train.sft(self.train.records(records))
     return {"inputs": inputs, "completion_mask": completion_mask}, {}
 
-  def loss(self, params, batch, rng, phase):
-    del rng, phase
-    return sft_loss(self.model, params, batch["inputs"], batch["completion_mask"])
+  def update(self, state, batch, rng, phase):
+    del rng
+    from jaxagents.tasks.grpo import sft_update
+
+    sft = self.config.sft
+    return sft_update(self.model, state, batch, phase.optimizer, self._optimizers[phase.optimizer],
+                      micro_batches=sft.get("micro_batches", 1), chunk=sft.get("logprob_chunk"))
 
   def evaluate(self, state, step):
     del step

@@ -30,3 +30,25 @@ def test_token_l_is_scored_by_the_logits_at_l_minus_1_under_the_sampling_distrib
     if given is not None:
       assert np.isinf(log_probs).any()  # top-k really masked tokens, and their entropy terms count as 0
   assert completion_mask.sum() == 3 + 1 + 2
+
+
+def test_chunked_response_only_scoring_equals_the_full_pass_in_value_and_gradient(qwen3):
+  model, params, prompts = qwen3.model, qwen3.params, qwen3.prompts
+  tokens = np.array([[5, 6, 7, 8, 9], [10, 11, 12, 0, 0], [13, 0, 0, 0, 0], [14, 15, 16, 17, 0]], np.int32)
+  inputs, completion_mask = prompts.with_completions(tokens, np.array([5, 3, 1, 4]), pad_id=0)
+  sampling = SamplingConfig(5, temperature=0.7, top_k=20)
+  weights = np.random.default_rng(0).standard_normal(completion_mask.shape).astype(np.float32)
+
+  def objective(p, **kwargs):
+    logp, entropy = completion_logprobs(model, p, inputs, completion_mask, sampling, **kwargs)
+    return (weights * logp).sum() + 0.1 * entropy.sum(), (logp, entropy)
+
+  (full, (logp, entropy)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+  for kwargs in (dict(chunk=2), dict(chunk=3, response_length=5), dict(chunk=64, response_length=5)):
+    (value, (logp_c, entropy_c)), grads_c = jax.jit(jax.value_and_grad(
+      lambda p, kwargs=kwargs: objective(p, **kwargs), has_aux=True))(params)
+    np.testing.assert_allclose(logp_c, logp, rtol=1e-5, atol=1e-5, err_msg=str(kwargs))
+    np.testing.assert_allclose(entropy_c, entropy, rtol=1e-5, atol=1e-5, err_msg=str(kwargs))
+    np.testing.assert_allclose(value, full, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads_c, grads)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))  # top-k-masked tokens add no NaN gradient

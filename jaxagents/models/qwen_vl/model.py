@@ -161,9 +161,14 @@ class QwenVL(nn.Module):
     modalities = None if self.sparse_config is None else modality_ids(input_ids, c)
     hidden, cache = self.text(embeds, positions, key_mask, cache=cache, cache_index=cache_index,
                               deepstack=deepstack, modality_ids=modalities)
-    logits = self.text.attend(hidden) if c.tie_word_embeddings else self.lm_head(hidden)
-    logits = logits.astype(jnp.float32)
+    logits = self.project(hidden)
     return (logits, cache, hidden) if return_hidden else (logits, cache)
+
+  def project(self, hidden: jax.Array) -> jax.Array:
+    """Final hidden states [..., D] -> logits [..., V] float32 (the tied embedding or `lm_head`): scoring applies it
+    chunk by chunk (`generation.completion_logprobs`), so [B, L, V] logits never exist at once."""
+    logits = self.text.attend(hidden) if self.config.tie_word_embeddings else self.lm_head(hidden)
+    return logits.astype(jnp.float32)
 
   def init_cache(self, batch: int, max_length: int, dtype: Dtype = jnp.bfloat16) -> KVCache:
     """An empty stacked cache for `batch` rows of up to `max_length` tokens (prompt + generated)."""
