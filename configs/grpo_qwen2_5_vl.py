@@ -28,13 +28,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = dict(train=EXAMPLES, eval=None, max_prompt_tokens=1024, length_multiple=128, patch_multiple=512)
   c.reward = dict(rewards=[dict(name="numeric", weight=0.9), dict(name="format", weight=0.1)], gate=None)
   c.eval = dict(examples=256, samples=0)
-  c.sft = dict(steps=0, batch_size=32, learning_rate=1e-5)  # > 0: a warm start on the records' answers first
+  c.sft = dict(steps=0, batch_size=32, learning_rate=1e-5,  # steps > 0: a warm start on the records' answers first
+               micro_batches=4, logprob_chunk=256)
   c.rl = dict(
     steps=500, prompts_per_step=64, group_size=8, updates_per_batch=2, max_new_tokens=1024, temperature=1.0,
     top_p=1.0, learning_rate=1e-6,  # EasyR1 / verl's Qwen2.5-VL GRPO examples: 1e-6
     advantage="grpo",
     loss=dict(variant="dapo"),  # clip-higher 0.2 / 0.28, token-mean loss, no KL (DAPO, arXiv 2503.14476)
     dynamic_sampling=dict(max_rounds=3),  # over-sample up to 3x and drop groups with equal rewards
+    micro_batches=8,  # gradient accumulation: 8 prompts x 8 samples per micro-batch on 8 devices
+    logprob_chunk=256,  # response log-probs projected 256 positions at a time ([rows, 256, 151936] logits)
   )
   c.log_every = 1
   c.eval_every = 50
@@ -48,7 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval = dict(examples=8, samples=2)
     c.sft.update(steps=3, batch_size=4, learning_rate=1e-3)
     c.rl.update(steps=3, prompts_per_step=2, group_size=4, max_new_tokens=4, learning_rate=1e-4,
-                loss=dict(variant="grpo", beta=0.04), dynamic_sampling=dict(max_rounds=2))
+                loss=dict(variant="grpo", beta=0.04), dynamic_sampling=dict(max_rounds=2), micro_batches=2,
+                logprob_chunk=2)
+    c.sft.update(micro_batches=2, logprob_chunk=8)
     c.log_every, c.eval_every, c.tensorboard = 1, 0, False
     c.checkpoint = dict(save_every=1, keep=2)
   elif arg:

@@ -72,7 +72,12 @@ def prefill(params, inputs: PromptBatch, key, *, model, sampling: SamplingConfig
   cache = jax.tree.map(lambda x: nn.with_logical_constraint(x, ("layers", *CACHE_AXES)), cache)
   kv_mask = jnp.concatenate([inputs.attention_mask.astype(bool), jnp.ones((batch, steps), bool)], axis=1)
   # cache_index stays a Python 0 here: a sparse prefill (Qwen-VL) is recognised by its static slot.
-  logits, cache = model.apply(params, *inputs.model_args(), cache=cache, cache_index=0, kv_mask=kv_mask)
+  if hasattr(model, "project"):  # project the last position only: [B, L, V] prompt logits never exist
+    _, cache, hidden = model.apply(params, *inputs.model_args(), cache=cache, cache_index=0, kv_mask=kv_mask,
+                                   return_hidden=True)
+    logits = model.apply(params, hidden[:, -1:], method="project")
+  else:
+    logits, cache = model.apply(params, *inputs.model_args(), cache=cache, cache_index=0, kv_mask=kv_mask)
   key, step_key = jax.random.split(key)
   token, logprob = choose(logits[:, -1], sampling, step_key)
   tokens = jnp.full((batch, steps), sampling.pad_id, jnp.int32).at[:, 0].set(token)

@@ -6,7 +6,7 @@ by name and DAPO's dynamic sampling.
 Phases: "sft" (`config.sft.steps` > 0: teacher-forced cross-entropy on the records' answers) then "rl" (DeepSeekMath
 GRPO, arXiv 2402.03300, Algorithm 1, as `grpo.py` runs it on the counting task: groups sampled on the mesh, the
 sampling and reference log-probs recomputed with the training graph, `rl.updates_per_batch` clipped-ratio updates
-per rollout batch, KL to the policy frozen at the phase's start).
+per rollout batch, KL to the policy frozen at the phase's start; with `rl.loss.beta` 0 no reference copy is kept).
 
 Rewards (`config.reward`): `rl/named_rewards.py` by name with weights, optionally Argos-gated; a record's own
 `reward` field replaces them for that record.
@@ -69,24 +69,26 @@ class CheckpointGRPO:
     held_out = cvlm.RecordBatches.from_config(config, self.processor, "eval") or self.train
     self.held_out = cvlm.HeldOutRecords(held_out, self.reward_fn, config.eval.examples, config.eval.samples,
                                         self.sampling, config.seed)
-    self._optimizers = {"sft": Optimizer(vlm_sft.adamw(config.sft.learning_rate)),
-                        "rl": Optimizer(vlm_sft.adamw(rl.learning_rate))}
+    # Optimizer states and a reference policy only where used: each costs 8 (AdamW) / 4 bytes per parameter.
+    rates = {"sft": config.sft.learning_rate, "rl": rl.learning_rate}
+    self._optimizers = {p.optimizer: Optimizer(vlm_sft.adamw(rates[p.optimizer])) for p in self.phases}
+    self.reference = self.loss_config.beta > 0
 
   # -- state -------------------------------------------------------------------------------------------------------
   def init(self, rng):
     example = self.train.prompts([self.train.dataset[0]])
     params = self.model.init(rng, *example.model_args())["params"]
-    return {"params": params, "ref_params": params}
+    return {"params": params, "ref_params": params} if self.reference else {"params": params}
 
   def pretrained(self, abstract_state):
     params = cvlm.pretrained_params(self.config, abstract_state["params"])
-    return {"params": params, "ref_params": params}
+    return {"params": params, "ref_params": params} if self.reference else {"params": params}
 
   def optimizers(self):
     return self._optimizers
 
   def begin_phase(self, state, phase):
-    if phase.name != "rl":
+    if phase.name != "rl" or not self.reference:
       return state
     return {**state, "ref_params": jax.tree.map(jnp.copy, state["params"])}
 
@@ -131,12 +133,15 @@ class CheckpointGRPO:
     inputs, completion_mask = sharding.shard_batch((inputs, np.asarray(completion_mask, bool)))
     old_logp, _ = rollouts.recompute_logprobs(variables, inputs, completion_mask, model=self.model,
                                               sampling=self.sampling)
-    ref_logp, _ = rollouts.recompute_logprobs({"params": state["ref_params"]}, inputs, completion_mask,
-                                              model=self.model, sampling=self.sampling)
+    ref_logp = None
+    if self.reference:
+      ref_logp, _ = rollouts.recompute_logprobs({"params": state["ref_params"]}, inputs, completion_mask,
+                                                model=self.model, sampling=self.sampling)
     global_scores = sharding.shard_batch(scores)
     advantages = grpo.grpo_advantages(global_scores, self.advantage_config, group_size=group)
-    batch = {"inputs": inputs, "completion_mask": completion_mask, "old_logp": old_logp, "ref_logp": ref_logp,
-             "advantages": advantages}
+    batch = {"inputs": inputs, "completion_mask": completion_mask, "old_logp": old_logp, "advantages": advantages}
+    if ref_logp is not None:
+      batch["ref_logp"] = ref_logp
     sample_logp = sharding.shard_batch(np.concatenate([entry[5] for entry in chosen]))
     metrics = {**rollouts.reward_stats(global_scores),
                "rollout/logprob_gap": rollouts.logprob_gap(old_logp, sample_logp, completion_mask),

@@ -175,10 +175,10 @@ def sft_update(model, state, batch, name: str, optimizer: Optimizer, *, micro_ba
 def policy_update(model, sampling, loss_config: grpo.GRPOConfig, state, batch, name: str, optimizer: Optimizer, *,
                   micro_batches: int = 1, group: int = 1, chunk: int | None = None,
                   response_length: int | None = None):
-  """One `grpo.grpo_loss` step on a prepared rollout batch {"inputs", "completion_mask", "old_logp", "ref_logp",
-  "advantages"}; log-probs and entropies under the sampler's distribution. Memory at real sizes: gradients
-  accumulated over `micro_batches` micro-batches of whole groups (`accumulate.py`), log-probs projected `chunk`
-  positions at a time over the last `response_length` columns (`generation.completion_logprobs`)."""
+  """One `grpo.grpo_loss` step on a prepared rollout batch {"inputs", "completion_mask", "old_logp", "advantages",
+  and "ref_logp" unless the KL weight is 0}; log-probs and entropies under the sampler's distribution. Memory at
+  real sizes: gradients accumulated over `micro_batches` micro-batches of whole groups (`accumulate.py`), log-probs
+  projected `chunk` positions at a time over the last `response_length` columns (`completion_logprobs`)."""
 
   def loss_fn(params, piece, totals):
     logp, entropy = completion_logprobs(model, {"params": params}, piece["inputs"], piece["completion_mask"],
@@ -186,7 +186,7 @@ def policy_update(model, sampling, loss_config: grpo.GRPOConfig, state, batch, n
     counts = {} if totals is None else {"global_token_count": totals["tokens"],
                                         "global_seq_count": totals["sequences"]}
     return grpo.grpo_loss(logp, piece["old_logp"], piece["advantages"], piece["completion_mask"],
-                          ref_logp=piece["ref_logp"], entropy=entropy, config=loss_config, **counts)
+                          ref_logp=piece.get("ref_logp"), entropy=entropy, config=loss_config, **counts)
 
   grads, metrics = accumulate.accumulated_grads(loss_fn, state["params"], batch, count=micro_batches, group=group)
   return apply_gradients(state, grads, name, optimizer), {**metrics, "grad_norm": optax.tree.norm(grads)}
