@@ -36,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     advantage="grpo",
     loss=dict(variant="dapo"),  # clip-higher 0.2 / 0.28, token-mean loss, no KL (DAPO, arXiv 2503.14476)
     dynamic_sampling=dict(max_rounds=3),  # over-sample up to 3x and drop groups with equal rewards
-    micro_batches=8,  # gradient accumulation: 8 prompts x 8 samples per micro-batch on 8 devices
+    micro_batches=8,  # gradient accumulation; per device a micro-batch holds prompts_per_step / devices / 8 prompts
     logprob_chunk=256,  # response log-probs projected 256 positions at a time ([rows, 256, 151936] logits)
   )
   c.log_every = 1

@@ -42,6 +42,19 @@ MODELS = {  # huggingface.co/Qwen/Qwen2.5-VL-{3B,7B}-Instruct config.json
 GIB = 1024**3
 
 
+def parameter_count(config) -> int:
+  """Parameters of the model, from `jax.eval_shape` of its init (nothing allocated)."""
+  import jax
+  import numpy as np
+
+  from jaxagents.models.qwen_vl import QwenVL
+  from jaxagents.sharding import unbox
+
+  inputs, _ = batch_rows(config, prompts=1, group=1, prompt_tokens=16, visual_tokens=8, response=1)
+  shapes = jax.eval_shape(lambda: QwenVL(config).init(jax.random.key(0), *inputs.model_args())["params"])
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(unbox(shapes)))
+
+
 def batch_rows(config, *, prompts: int, group: int, prompt_tokens: int, visual_tokens: int, response: int):
   """Host `ModelInputs` of `prompts` prompts x `group` sampled responses: one image of `visual_tokens` merged tokens
   per prompt (a 2:1 grid), text to `prompt_tokens`, then `response` completion tokens."""
