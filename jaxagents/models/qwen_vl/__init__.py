@@ -1,10 +1,11 @@
 """Qwen2-VL, Qwen2.5-VL and Qwen3-VL in Flax linen (arXiv 2409.12191, 2502.13923, 2511.21631), matching
 transformers 5.23's `models/qwen2_vl`, `models/qwen2_5_vl` and `models/qwen3_vl`.
 
-Typical use: `config, params = load_params(checkpoint_dir)`; on the host, `preprocess_images` /
-`preprocess_video` and `expand_prompt`, then `prepare_inputs` (positions + vision layout, with named errors);
-`QwenVL(config).apply({'params': params}, *inputs.model_args())` for logits, or `generate(model, params, inputs,
-sampling=...)` (`jaxagents.generation`) for tokens and per-token log-probs.
+Typical use: `config, params = load_params(checkpoint_dir)`; on the host, `Processor.from_pretrained(checkpoint_dir)`
+turns chat messages with images and videos into `ModelInputs` (or, piece by piece, `preprocess_images` /
+`preprocess_video`, `expand_prompt`, then `prepare_inputs`: positions + vision layout, with named errors);
+`QwenVL(config).apply({'params': params}, inputs)` for logits, or `generate(model, params, inputs, sampling=...)`
+(`jaxagents.generation`) for tokens and per-token log-probs.
 """
 
 from jaxagents.models.qwen_vl.config import QwenVLConfig, TextConfig, VisionConfig
@@ -21,11 +22,13 @@ from jaxagents.models.qwen_vl.preprocess import (
   preprocess_video,
   sample_frame_indices,
 )
+from jaxagents.models.qwen_vl.processor import Processor
 from jaxagents.models.qwen_vl.vision_layout import VisionInputs, vision_inputs
 
 __all__ = [
   "ImageOptions",
   "ModelInputs",
+  "Processor",
   "VideoOptions",
   "QwenVL",
   "QwenVLConfig",
