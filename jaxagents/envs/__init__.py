@@ -4,5 +4,6 @@ An environment gives examples as a pure function of (seed, index), a tokenizer f
 verifier (`reward`); a grain source serves its examples as records of numpy arrays. Turning prompts into a model's
 inputs is the model's job (e.g. Qwen-VL's `token_batch` in `models/qwen_vl/batching.py`).
 
-  counting.py   count the shapes of one colour on a board (answer or per-row steps; exact-match reward)
+  counting.py          count the shapes of one colour on a board (answer or per-row steps; exact-match reward)
+  counting_export.py   the counting task written as dataset records (JSONL + PNGs, `data/vlm_records.py`)
 """

@@ -37,6 +37,19 @@ from jaxagents.tasks.counting_vlm import global_mean
 from jaxagents.tasks.grpo import check_rl_config, policy_update, sft_update
 
 
+@dataclasses.dataclass(frozen=True)
+class SampledGroup:
+  """One prompt's G sampled completions on this host: tokens [G, T], lengths [G], rewards [G], each reward term's
+  scores {name: [G]}, and the sampler's log-probs [G, T]."""
+
+  record: dict
+  tokens: np.ndarray
+  lengths: np.ndarray
+  scores: np.ndarray
+  terms: dict
+  sample_logp: np.ndarray
+
+
 class CheckpointGRPO:
   """(SFT), then GRPO with dynamic sampling on a checkpoint and a dataset (module doc)."""
 
@@ -104,8 +117,36 @@ class CheckpointGRPO:
       return {"inputs": inputs, "completion_mask": completion_mask}, {}
     group = self.config.rl.group_size
     variables = {"params": state["params"]}
+    chosen, stats = self._sample_groups(variables, records, rng)
+    tokens = np.concatenate([g.tokens for g in chosen])
+    lengths = np.concatenate([g.lengths for g in chosen])
+    scores = np.concatenate([g.scores for g in chosen]).astype(np.float32)
+    prompts = self.train.prompts([g.record for g in chosen]).repeat(group)  # the same rows the sampler saw
+    inputs, completion_mask = prompts.with_completions(tokens, lengths, self.sampling.pad_id)
+    inputs, completion_mask = sharding.shard_batch((inputs, np.asarray(completion_mask, bool)))
+    old_logp, _ = rollouts.recompute_logprobs(variables, inputs, completion_mask, model=self.model,
+                                              sampling=self.sampling)
+    global_scores = sharding.shard_batch(scores)
+    batch = {"inputs": inputs, "completion_mask": completion_mask, "old_logp": old_logp,
+             "advantages": grpo.grpo_advantages(global_scores, self.advantage_config, group_size=group)}
+    if self.reference:
+      batch["ref_logp"], _ = rollouts.recompute_logprobs({"params": state["ref_params"]}, inputs, completion_mask,
+                                                         model=self.model, sampling=self.sampling)
+    sample_logp = sharding.shard_batch(np.concatenate([g.sample_logp for g in chosen]))
+    metrics = {**rollouts.reward_stats(global_scores), **stats,
+               "rollout/logprob_gap": rollouts.logprob_gap(old_logp, sample_logp, completion_mask),
+               "response_length": global_mean(lengths.astype(np.float32))}
+    for name in chosen[0].terms:
+      values = np.concatenate([g.terms.get(name, np.full(group, np.nan)) for g in chosen])
+      if np.isfinite(values).any():
+        metrics[f"reward/{name}"] = float(np.nanmean(values))
+    return batch, metrics
+
+  def _sample_groups(self, variables, records, rng) -> tuple[list[SampledGroup], dict[str, float]]:
+    """Dynamic sampling (module doc): this host's groups for the step, and its statistics."""
+    group = self.config.rl.group_size
     needed = len(records) // self.rounds
-    kept, dropped, sampled_groups, all_scores = [], [], 0, []
+    kept, dropped, all_scores = [], [], []
     for r in range(self.rounds):
       chunk = records[r * needed:(r + 1) * needed]
       prompts = self.train.prompts(chunk).repeat(group)
@@ -116,44 +157,16 @@ class CheckpointGRPO:
       all_scores.append(scores)
       for g, record in enumerate(chunk):
         rows = slice(g * group, (g + 1) * group)
-        entry = (record, tokens[rows], lengths[rows], scores[rows], {k: v[rows] for k, v in terms.items()},
-                 sample_logp[rows])
-        (kept if np.ptp(scores[rows]) > 0 or self.rounds == 1 else dropped).append(entry)
-      sampled_groups += len(chunk)
+        sampled = SampledGroup(record, tokens[rows], lengths[rows], scores[rows],
+                               {k: v[rows] for k, v in terms.items()}, sample_logp[rows])
+        (kept if np.ptp(sampled.scores) > 0 or self.rounds == 1 else dropped).append(sampled)
       if len(kept) >= needed:
         break
-    filled = max(needed - len(kept), 0)
-    chosen = (kept + dropped)[:needed]
-    chosen_records = [entry[0] for entry in chosen]
-    tokens = np.concatenate([entry[1] for entry in chosen])
-    lengths = np.concatenate([entry[2] for entry in chosen])
-    scores = np.concatenate([entry[3] for entry in chosen]).astype(np.float32)
-    prompts = self.train.prompts(chosen_records).repeat(group)
-    inputs, completion_mask = prompts.with_completions(tokens, lengths, self.sampling.pad_id)
-    inputs, completion_mask = sharding.shard_batch((inputs, np.asarray(completion_mask, bool)))
-    old_logp, _ = rollouts.recompute_logprobs(variables, inputs, completion_mask, model=self.model,
-                                              sampling=self.sampling)
-    ref_logp = None
-    if self.reference:
-      ref_logp, _ = rollouts.recompute_logprobs({"params": state["ref_params"]}, inputs, completion_mask,
-                                                model=self.model, sampling=self.sampling)
-    global_scores = sharding.shard_batch(scores)
-    advantages = grpo.grpo_advantages(global_scores, self.advantage_config, group_size=group)
-    batch = {"inputs": inputs, "completion_mask": completion_mask, "old_logp": old_logp, "advantages": advantages}
-    if ref_logp is not None:
-      batch["ref_logp"] = ref_logp
-    sample_logp = sharding.shard_batch(np.concatenate([entry[5] for entry in chosen]))
-    metrics = {**rollouts.reward_stats(global_scores),
-               "rollout/logprob_gap": rollouts.logprob_gap(old_logp, sample_logp, completion_mask),
-               "reward/sampled_mean": global_mean(np.concatenate(all_scores)),
-               "response_length": global_mean(lengths.astype(np.float32)),
-               "dapo/kept_fraction": global_mean(np.array([len(kept) / max(sampled_groups, 1)], np.float32)),
-               "dapo/filled": global_mean(np.array([filled], np.float32))}
-    for name in chosen[0][4]:
-      values = np.concatenate([entry[4].get(name, np.full(group, np.nan)) for entry in chosen])
-      if np.isfinite(values).any():
-        metrics[f"reward/{name}"] = float(np.nanmean(values))
-    return batch, metrics
+    sampled_groups = sum(len(s) for s in all_scores) // group
+    stats = {"reward/sampled_mean": global_mean(np.concatenate(all_scores)),
+             "dapo/kept_fraction": global_mean(np.array([len(kept) / sampled_groups], np.float32)),
+             "dapo/filled": global_mean(np.array([max(needed - len(kept), 0)], np.float32))}
+    return (kept + dropped)[:needed], stats
 
   # -- the jitted update -------------------------------------------------------------------------------------------
   def update(self, state, batch, rng, phase):
