@@ -133,7 +133,9 @@ def _saved_state(workdir, steps):
   return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
 
 
-@pytest.mark.parametrize("job", sorted(JOBS))
+# The GRPO job's two-process run takes minutes on 2 cores: it runs in CI's slow stage (`.ci/run`, --runslow).
+@pytest.mark.parametrize("job", [pytest.param(job, marks=pytest.mark.slow) if job == "grpo" else job
+                                 for job in sorted(JOBS)])
 def test_two_process_run_equals_single_process_run_on_the_same_global_batch(tmp_path, job):
   """Two processes x 2 devices train like one process x 4 devices: same per-step metrics, same final params.
 

@@ -3,12 +3,14 @@ FSDP divides it over devices, and XLA's analysis of the update and rollout adds 
 
 import jax
 import numpy as np
+import pytest
 
 from jaxagents.bench import memory
 from jaxagents.models.qwen_vl import QwenVLConfig
 from tests.models.qwen_vl import tiny
 
 
+@pytest.mark.slow  # four compilations; CI runs it in its slow stage (`.ci/run`)
 def test_tiny_model_memory_is_the_state_plus_temporaries_and_fsdp_divides_the_state(monkeypatch):
   monkeypatch.setitem(memory.MODELS, "tiny", tiny.QWEN2_5_VL)
   shapes = dict(prompts_per_device=2, group=2, micro_prompts=1, prompt_tokens=24, visual_tokens=8, response=4,

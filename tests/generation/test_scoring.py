@@ -43,8 +43,8 @@ def test_chunked_response_only_scoring_equals_the_full_pass_in_value_and_gradien
     logp, entropy = completion_logprobs(model, p, inputs, completion_mask, sampling, **kwargs)
     return (weights * logp).sum() + 0.1 * entropy.sum(), (logp, entropy)
 
-  (full, (logp, entropy)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-  for kwargs in (dict(chunk=2), dict(chunk=3, response_length=5), dict(chunk=64, response_length=5)):
+  (full, (logp, entropy)), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(params)
+  for kwargs in (dict(chunk=3, response_length=5),):  # chunks that do not divide the window; completions at the end
     (value, (logp_c, entropy_c)), grads_c = jax.jit(jax.value_and_grad(
       lambda p, kwargs=kwargs: objective(p, **kwargs), has_aux=True))(params)
     np.testing.assert_allclose(logp_c, logp, rtol=1e-5, atol=1e-5, err_msg=str(kwargs))

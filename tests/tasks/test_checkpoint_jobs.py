@@ -20,6 +20,7 @@ from tests.tasks.test_rl_jobs import _run, _saved_state
 torch = pytest.importorskip("torch")
 
 
+@pytest.mark.slow  # five subprocess runs, minutes on 2 cores; CI runs it in its slow stage (`.ci/run`)
 def test_sft_then_grpo_on_a_local_checkpoint_resumes_bitwise_and_exports_for_transformers(tmp_path):
   import transformers
 

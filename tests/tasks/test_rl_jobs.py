@@ -137,6 +137,7 @@ def _records(task, count):
   return {key: [item[key] for item in items] for key in items[0]}
 
 
+@pytest.mark.slow  # minutes on 2 cores; CI runs it in its slow stage (`.ci/run`)
 def test_sharded_grpo_step_equals_the_one_device_step():
   assert jax.device_count() == 8, "conftest must provide 8 fake CPU devices"
   config = configs.load("grpo_shapes", "test")
