@@ -154,12 +154,16 @@ class HeldOutRecords:
   chunk: int = 64  # prompts per generate call
 
   def __call__(self, model, params) -> dict[str, float]:
-    count = min(self.examples, len(self.batches.dataset))
-    indices = host_share(list(range(count - count % max(jax.process_count() * sharding.data_parallel_size(), 1))),
-                         "config.eval.examples")
+    shards = sharding.data_parallel_size()
+    unit = jax.process_count() * shards  # every host takes the same number of prompts, a multiple of the shards
+    usable = min(self.examples, len(self.batches.dataset)) // unit * unit
+    if usable == 0:
+      raise ValueError(f"config.eval.examples: {self.examples} held-out records ({len(self.batches.dataset)} in "
+                       f"{self.batches.path}) are fewer than hosts x batch shards = {unit}")
+    indices = host_share(list(range(usable)), "config.eval.examples")
     greedy = dataclasses.replace(self.sampling, temperature=0.0, top_k=0, top_p=1.0)
     totals = {"reward": [], "sampled_reward": []}
-    step = max(self.chunk // sharding.data_parallel_size(), 1) * sharding.data_parallel_size()
+    step = max(self.chunk // shards, 1) * shards  # prompts per generate call on this host
     for start in range(0, len(indices), step):
       records = [self.batches.dataset[i] for i in indices[start:start + step]]
       prompts = self.batches.prompts(records)
