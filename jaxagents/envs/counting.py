@@ -2,7 +2,8 @@
 
 Each example is an RGB image of a `grid x grid` board of cells (one ViT patch each). Some cells hold a coloured
 shape (a filled square, a disc or a cross, in one of `colors`); the prompt asks how many shapes of one colour the
-board holds. The completion has one of two formats (`CountingConfig.format`):
+board holds, "how many red shapes ?" or, with `CountingConfig.color_last`, "how many shapes ? red". The completion
+has one of two formats (`CountingConfig.format`):
 
 * "answer": the count as one digit, then end-of-sequence (`3 <eos>`).
 * "rows": a multi-step answer for process rewards (PDCR, arXiv 2605.13467; PACR, arXiv 2510.22255): the
@@ -58,6 +59,11 @@ class CountingConfig:
     max_count: at most this many shapes of each colour (answers are 0..max_count).
     fill: probability that a cell holds a shape at all (before the per-colour cap).
     format: the completion format, "answer" (one digit) or "rows" (per-row counts, then the total).
+    color_last: end the prompt with the colour word ("how many shapes ? red") instead of "how many red shapes ?".
+      A decoder then predicts the answer at the colour word itself, so one attention layer can match the colour
+      against the image tokens; with the colour inside the question, the answer position must first copy the colour
+      (one layer) before any colour-matching attention can pay off (a second), and a tiny model trained from
+      scratch sat at the answer prior for a seed-dependent 150-300+ SFT steps in our runs (50-100 with this).
   """
 
   grid: int = 4
@@ -66,6 +72,7 @@ class CountingConfig:
   max_count: int = 4
   fill: float = 0.5
   format: str = "answer"
+  color_last: bool = False
 
   def __post_init__(self):
     unknown = [c for c in self.colors if c not in RGB]
@@ -122,12 +129,13 @@ def make_example(config: CountingConfig, seed: int, index: int) -> dict:
     _draw(image, cell_index // config.grid, cell_index % config.grid, config.cell, int(rng.integers(3)),
           RGB[color])
   asked = config.colors[rng.integers(len(config.colors))]
-  return dict(image=image, color=asked, count=counts[asked], prompt=_question(asked),
+  return dict(image=image, color=asked, count=counts[asked], prompt=question(config, asked),
               row_counts=tuple(row_counts[asked]))
 
 
-def _question(color: str) -> str:
-  return f"how many {color} shapes ?"
+def question(config: CountingConfig, color: str) -> str:
+  """The prompt's words asking for the shapes of `color` (`CountingConfig.color_last` says where the colour goes)."""
+  return f"how many shapes ? {color}" if config.color_last else f"how many {color} shapes ?"
 
 
 def encode(text: str) -> list[int]:
@@ -241,7 +249,8 @@ class CountingSource:
 def example_from_record(config: CountingConfig, record: Mapping) -> dict:
   """The example (as `make_example` returns it) of one `CountingSource` record."""
   color = config.colors[int(record["color"])]
-  return dict(image=np.asarray(record["image"]), color=color, count=int(record["count"]), prompt=_question(color),
+  return dict(image=np.asarray(record["image"]), color=color, count=int(record["count"]),
+              prompt=question(config, color),
               row_counts=tuple(int(n) for n in np.asarray(record["row_counts"])))
 
 

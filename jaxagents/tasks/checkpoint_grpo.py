@@ -32,9 +32,10 @@ from jaxagents.generation import SamplingConfig, generate
 from jaxagents.rl import grpo, named_rewards
 from jaxagents.tasks import checkpoint_vlm as cvlm
 from jaxagents.tasks import config_checks, rollouts, vlm_sft
-from jaxagents.tasks.base import Optimizer, Phase
+from jaxagents.tasks.base import Phase
 from jaxagents.tasks.counting_vlm import global_mean
-from jaxagents.tasks.grpo import check_rl_config, policy_update, sft_update
+from jaxagents.tasks.grpo import check_rl_config, policy_update
+from jaxagents.tasks.vlm_sft import sft_update
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +84,8 @@ class CheckpointGRPO:
     self.held_out = cvlm.HeldOutRecords(held_out, self.reward_fn, config.eval.examples, config.eval.samples,
                                         self.sampling, config.seed)
     # Optimizer states and a reference policy only where used: each costs 8 (AdamW) / 4 bytes per parameter.
-    rates = {"sft": config.sft.learning_rate, "rl": rl.learning_rate}
-    self._optimizers = {p.optimizer: Optimizer(vlm_sft.adamw(rates[p.optimizer])) for p in self.phases}
+    self._optimizers = {p.optimizer: vlm_sft.phase_optimizer(config[p.optimizer], p.steps, p.updates_per_batch)
+                        for p in self.phases}
     self.reference = self.loss_config.beta > 0
 
   # -- state -------------------------------------------------------------------------------------------------------

@@ -26,13 +26,14 @@ import numpy as np
 
 from jaxagents import sharding
 from jaxagents.data.vlm_records import IndexSource, open_dataset, records_for_batch
-from jaxagents.generation import SamplingConfig, generate
+from jaxagents.generation import SamplingConfig
 from jaxagents.models.qwen_vl import QwenVL, load_params
 from jaxagents.models.qwen_vl.convert import load_config
 from jaxagents.models.qwen_vl.inputs import ModelInputs
 from jaxagents.models.qwen_vl.processor import Processor
 from jaxagents.rl import named_rewards
 from jaxagents.tasks.counting_vlm import global_mean, host_share
+from jaxagents.tasks.rollouts import greedy_and_sampled
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 REMAT = ("none", "full", "dots")
@@ -161,17 +162,16 @@ class HeldOutRecords:
       raise ValueError(f"config.eval.examples: {self.examples} held-out records ({len(self.batches.dataset)} in "
                        f"{self.batches.path}) are fewer than hosts x batch shards = {unit}")
     indices = host_share(list(range(usable)), "config.eval.examples")
-    greedy = dataclasses.replace(self.sampling, temperature=0.0, top_k=0, top_p=1.0)
     totals = {"reward": [], "sampled_reward": []}
     step = max(self.chunk // shards, 1) * shards  # prompts per generate call on this host
     for start in range(0, len(indices), step):
       records = [self.batches.dataset[i] for i in indices[start:start + step]]
-      prompts = self.batches.prompts(records)
-      key = jax.random.key(self.seed + start)
-      for name, repeat, sampler in (("reward", 1, greedy), ("sampled_reward", self.samples, self.sampling)):
-        if not repeat:
-          continue
-        out = generate(model, params, sharding.shard_batch(prompts.repeat(repeat)), sampling=sampler, key=key)
-        tokens, lengths = sharding.host_rows((out.tokens, out.lengths))
-        totals[name].append(rewards(self.reward_fn, self.batches.processor, tokens, lengths, records, repeat)[0])
+
+      def score(tokens, lengths, repeat, records=records):
+        return rewards(self.reward_fn, self.batches.processor, tokens, lengths, records, repeat)[0]
+
+      per_row = greedy_and_sampled(model, params, self.batches.prompts(records), self.sampling, self.samples,
+                                   jax.random.key(self.seed + start), score)
+      for name, values in per_row.items():
+        totals[name].append(values)
     return {f"eval/{name}": global_mean(np.concatenate(values)) for name, values in totals.items() if values}

@@ -17,11 +17,12 @@ import numpy as np
 
 from jaxagents import sharding
 from jaxagents.envs import counting
-from jaxagents.generation import SamplingConfig, generate
+from jaxagents.generation import SamplingConfig
 from jaxagents.models.qwen_vl.batching import token_batch
 from jaxagents.models.qwen_vl.config import QwenVLConfig, TextConfig, VisionConfig
 from jaxagents.models.qwen_vl.inputs import ModelInputs
 from jaxagents.models.qwen_vl.preprocess import ImageOptions
+from jaxagents.tasks.rollouts import greedy_and_sampled
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out prompts come from another stream than any training phase
 TRAIN_RECORDS = 1 << 30  # the environment is generated: a source as long as any run needs
@@ -33,12 +34,23 @@ def env_config(config) -> counting.CountingConfig:
 
 
 def model_config(env: counting.CountingConfig, *, hidden: int = 64, layers: int = 2, vision_depth: int = 2,
-                 vision_width: int = 32) -> QwenVLConfig:
-  """A tiny Qwen2-VL-family model with the environment's vocabulary and special tokens (trained from scratch)."""
+                 vision_width: int = 32, patch_size: int | None = None) -> QwenVLConfig:
+  """A tiny Qwen2-VL-family model with the environment's vocabulary and special tokens (trained from scratch).
+
+  `patch_size` is the ViT patch side in pixels (None: `env.cell`, one patch per cell). Qwen2-VL's merger
+  concatenates 2x2 patches into one visual token, so `patch_size = env.cell // 2` gives one token per cell, and one
+  patch per cell one token per 2x2 cells: a token that holds up to four shapes, whose per-colour count the decoder
+  must then read out before it can add the tokens up (the shipped configs use one token per cell).
+  """
+  patch_size = env.cell if patch_size is None else patch_size
   for name, value in (("hidden", hidden), ("layers", layers), ("vision_depth", vision_depth),
-                      ("vision_width", vision_width)):
+                      ("vision_width", vision_width), ("patch_size", patch_size)):
     if not isinstance(value, int) or value < 1:
       raise ValueError(f"config.model.{name}: expected a positive integer, got {value!r}.")
+  merge = VisionConfig.merge_size
+  if env.cell % patch_size or env.image_size % (patch_size * merge):
+    raise ValueError(f"config.model.patch_size: must divide the cell ({env.cell} px) and {merge} patches must "
+                     f"divide the board ({env.image_size} px), got {patch_size}.")
   if hidden % 16 or vision_width % 2:
     raise ValueError(f"config.model: hidden must be a multiple of 16 (head_dim) and vision_width even, got "
                      f"hidden={hidden}, vision_width={vision_width}.")
@@ -46,7 +58,7 @@ def model_config(env: counting.CountingConfig, *, hidden: int = 64, layers: int 
   text = TextConfig(vocab_size=env.vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_layers=layers,
                     num_heads=heads, num_kv_heads=max(heads // 2, 1), head_dim=16, mrope_section=(2, 3, 3))
   vision = VisionConfig(depth=vision_depth, width=vision_width, num_heads=2, mlp_dim=2 * vision_width,
-                        out_dim=hidden, patch_size=env.cell)
+                        out_dim=hidden, patch_size=patch_size)
   return QwenVLConfig(family="qwen2_vl", text=text, vision=vision, image_token_id=counting.IMAGE_PAD,
                       video_token_id=counting.VIDEO_PAD, vision_start_token_id=counting.VISION_START,
                       vision_end_token_id=counting.VISION_END, tie_word_embeddings=True)
@@ -55,7 +67,8 @@ def model_config(env: counting.CountingConfig, *, hidden: int = 64, layers: int 
 def image_options(env: counting.CountingConfig, model: QwenVLConfig) -> ImageOptions:
   """The board is already patch-aligned: CLIP normalisation, no resize."""
   size = env.image_size**2
-  return ImageOptions(min_pixels=size, max_pixels=size, patch_size=env.cell, merge_size=model.vision.merge_size)
+  return ImageOptions(min_pixels=size, max_pixels=size, patch_size=model.vision.patch_size,
+                      merge_size=model.vision.merge_size)
 
 
 def prompts(env: counting.CountingConfig, model: QwenVLConfig, examples: Sequence[Mapping]) -> ModelInputs:
@@ -146,13 +159,6 @@ class HeldOut:
     examples = host_share([counting.make_example(self.env, stream, i) for i in range(self.examples)],
                           "config.eval.examples")
     batch = prompts(self.env, self.model_config, examples)
-    greedy = dataclasses.replace(self.sampling, temperature=0.0, top_k=0, top_p=1.0)
-    key = jax.random.key(stream)
-    metrics = {}
-    for name, repeat, sampler in (("reward", 1, greedy), ("sampled_reward", self.samples, self.sampling)):
-      if not repeat:
-        continue
-      out = generate(model, params, sharding.shard_batch(batch.repeat(repeat)), sampling=sampler, key=key)
-      tokens = sharding.host_rows(out.tokens)
-      metrics[f"{prefix}eval/{name}"] = global_mean(rewards(self.env, tokens, examples, repeat))
-    return metrics
+    per_row = greedy_and_sampled(model, params, batch, self.sampling, self.samples, jax.random.key(stream),
+                                 lambda tokens, lengths, repeat: rewards(self.env, tokens, examples, repeat))
+    return {f"{prefix}eval/{name}": global_mean(values) for name, values in per_row.items()}

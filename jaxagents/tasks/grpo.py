@@ -57,6 +57,8 @@ def check_rl_config(config) -> None:
   config_checks.number(config, "rl.temperature", low=0.0)
   config_checks.number(config, "rl.learning_rate", low=0.0, low_open=True)
   config_checks.number(config, "sft.learning_rate", low=0.0, low_open=True)
+  for name in ("sft", "rl"):
+    vlm_sft.check_schedule(config, name)
 
 
 class GRPO:
@@ -91,8 +93,8 @@ class GRPO:
     self.held_out = cv.HeldOut(self.env, self.model_config, config.eval.examples, config.eval.samples, config.seed,
                                self.sampling)
     # Two optimizers: RL starts from a fresh Adam state, not from the SFT moments.
-    self._optimizers = {"sft": Optimizer(vlm_sft.adamw(config.sft.learning_rate)),
-                        "rl": Optimizer(vlm_sft.adamw(rl.learning_rate))}
+    self._optimizers = {"sft": vlm_sft.phase_optimizer(config.sft, config.sft.steps),
+                        "rl": vlm_sft.phase_optimizer(rl, rl.steps, rl.updates_per_batch)}
 
   # -- state -------------------------------------------------------------------------------------------------------
   def init(self, rng):
@@ -113,10 +115,12 @@ class GRPO:
     return counting.CountingSource(self.env, self.config.seed, cv.TRAIN_RECORDS)
 
   def resumable(self, step: int) -> tuple[str, ...]:
-    """`rl.steps` may change on resume (the RL learning rate is constant, so the steps taken are those of a longer
-    run); before the first RL step all of `rl.*` may (the warm start does not depend on it: `scripts/compare_rl.py`
-    starts each method from a copy of one warm start)."""
-    return ("rl",) if step <= self.config.sft.steps else ("rl.steps",)
+    """Before the first RL step all of `rl.*` may change on resume (the warm start does not depend on it:
+    `scripts/compare_rl.py` starts each method from a copy of one warm start); after it, `rl.steps` may with a
+    constant RL learning rate (the steps taken are those of a longer run), and nothing may with a decaying one."""
+    if step <= self.config.sft.steps:
+      return ("rl",)
+    return ("rl.steps",) if self.config.rl.get("lr_schedule", "constant") == "constant" else ()
 
   # -- host side ---------------------------------------------------------------------------------------------------
   def prepare(self, state, records, rng, phase):
@@ -149,27 +153,12 @@ class GRPO:
     del rng
     name = phase.optimizer
     if phase.name == "sft":
-      return sft_update(self.model, state, batch, name, self._optimizers[name])
+      return vlm_sft.sft_update(self.model, state, batch, name, self._optimizers[name])
     return policy_update(self.model, self.sampling, self.loss_config, state, batch, name, self._optimizers[name])
 
   def evaluate(self, state, step):
     del step
     return self.held_out(self.model, {"params": state["params"]})
-
-
-def sft_update(model, state, batch, name: str, optimizer: Optimizer, *, micro_batches: int = 1,
-               chunk: int | None = None):
-  """One SFT step on {"inputs", "completion_mask"}: (state, {"sft/loss", "grad_norm"}); `micro_batches` and `chunk`
-  as in `policy_update`."""
-
-  def loss_fn(params, piece, totals):
-    loss, metrics = vlm_sft.sft_loss(model, params, piece["inputs"], piece["completion_mask"], chunk=chunk,
-                                     token_count=None if totals is None else totals["tokens"])
-    return loss, {**metrics, "sft/loss": loss}
-
-  grads, metrics = accumulate.accumulated_grads(loss_fn, state["params"], batch, count=micro_batches, group=1)
-  return apply_gradients(state, grads, name, optimizer), {"sft/loss": metrics["sft/loss"],
-                                                          "grad_norm": optax.tree.norm(grads)}
 
 
 def policy_update(model, sampling, loss_config: grpo.GRPOConfig, state, batch, name: str, optimizer: Optimizer, *,

@@ -73,3 +73,21 @@ def logprob_gap(recomputed: jax.Array, sample_logprobs: jax.Array, completion_ma
 def reward_stats(rewards: jax.Array) -> dict[str, jax.Array]:
   """Mean and (population) std of the global rewards."""
   return {"reward/mean": jnp.mean(rewards), "reward/std": jnp.std(rewards)}
+
+
+def greedy_and_sampled(model, params, prompts: PromptBatch, sampling: SamplingConfig, samples: int, key,
+                       score) -> dict[str, np.ndarray]:
+  """This host's rewards of a held-out evaluation: "reward" for the greedy answer to each of `prompts` and
+  "sampled_reward" for `samples` answers per prompt drawn with `sampling` (omitted when `samples` is 0).
+
+  `prompts` are this host's rows (sharded over the mesh here); `score(tokens, lengths, repeat)` turns this host's
+  generated rows, `repeat` consecutive copies per prompt, into one reward per row. Every evaluation of the jobs goes
+  through here, so greedy means the same thing (temperature 0, no top-k/top-p) in all of them.
+  """
+  greedy = dataclasses.replace(sampling, temperature=0.0, top_k=0, top_p=1.0)
+  rewards = {}
+  for name, repeat, sampler in (("reward", 1, greedy), ("sampled_reward", samples, sampling)):
+    if repeat:
+      out = generate(model, params, sharding.shard_batch(prompts.repeat(repeat)), sampling=sampler, key=key)
+      rewards[name] = np.asarray(score(*sharding.host_rows((out.tokens, out.lengths)), repeat))
+  return rewards

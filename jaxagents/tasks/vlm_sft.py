@@ -14,9 +14,9 @@ import optax
 from jaxagents.envs import counting
 from jaxagents.generation import completion_logprobs
 from jaxagents.models.qwen_vl.model import QwenVL
-from jaxagents.tasks import config_checks
+from jaxagents.tasks import accumulate, config_checks
 from jaxagents.tasks import counting_vlm as cv
-from jaxagents.tasks.base import Optimizer, Phase
+from jaxagents.tasks.base import Optimizer, Phase, apply_gradients
 
 
 def sft_loss(model, params, inputs, completion_mask, *, chunk: int | None = None, token_count=None):
@@ -30,9 +30,49 @@ def sft_loss(model, params, inputs, completion_mask, *, chunk: int | None = None
   return loss, {"tokens": tokens}
 
 
-def adamw(learning_rate: float, weight_decay: float = 0.0, clip: float = 1.0) -> optax.GradientTransformation:
-  """The jobs' optimizer: global-norm clipping, then AdamW with a constant learning rate."""
+def adamw(learning_rate: float | optax.Schedule, weight_decay: float = 0.0,
+          clip: float = 1.0) -> optax.GradientTransformation:
+  """The jobs' optimizer: global-norm clipping, then AdamW (a constant learning rate or a schedule)."""
   return optax.chain(optax.clip_by_global_norm(clip), optax.adamw(learning_rate, weight_decay=weight_decay))
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def check_schedule(config, phase: str) -> None:
+  """`config.<phase>.lr_schedule` and `warmup_steps`, by field name."""
+  if "warmup_steps" in config[phase]:
+    config_checks.non_negative(config, f"{phase}.warmup_steps")
+  schedule = config[phase].get("lr_schedule", "constant")
+  if schedule not in LR_SCHEDULES:
+    raise ValueError(f"config.{phase}.lr_schedule: expected one of {LR_SCHEDULES}, got {schedule!r}.")
+
+
+def phase_optimizer(phase_config, steps: int, updates_per_step: int = 1) -> Optimizer:
+  """The jobs' AdamW at `phase_config.learning_rate`: constant, or (`lr_schedule="cosine"`) a linear warmup over
+  `warmup_steps` steps from 0, then a cosine decay to 0 at the phase's last step (SGDR, Loshchilov & Hutter, arXiv
+  1608.03983, without restarts). The schedule counts optimizer updates, `updates_per_step` per loop step."""
+  if phase_config.get("lr_schedule", "constant") == "constant":
+    return Optimizer(adamw(phase_config.learning_rate))
+  updates = max(steps * updates_per_step, 1)
+  warmup = min(phase_config.get("warmup_steps", 0) * updates_per_step, updates - 1)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, phase_config.learning_rate, warmup, updates)
+  return Optimizer(adamw(schedule), schedule=schedule)
+
+
+def sft_update(model, state, batch, name: str, optimizer: Optimizer, *, micro_batches: int = 1,
+               chunk: int | None = None):
+  """One SFT step on {"inputs", "completion_mask"}: (state, {"sft/loss", "grad_norm"}); `micro_batches` and `chunk`
+  as in `grpo.policy_update`."""
+
+  def loss_fn(params, piece, totals):
+    loss, metrics = sft_loss(model, params, piece["inputs"], piece["completion_mask"], chunk=chunk,
+                             token_count=None if totals is None else totals["tokens"])
+    return loss, {**metrics, "sft/loss": loss}
+
+  grads, metrics = accumulate.accumulated_grads(loss_fn, state["params"], batch, count=micro_batches, group=1)
+  return apply_gradients(state, grads, name, optimizer), {"sft/loss": metrics["sft/loss"],
+                                                          "grad_norm": optax.tree.norm(grads)}
 
 
 def sft_prepare(env, model_config, records):
@@ -51,6 +91,7 @@ class VLMSFT:
   def __init__(self, config):
     self.config = config
     config_checks.positive(config, "sft.steps", "sft.batch_size", "eval.examples")
+    check_schedule(config, "sft")
     self.env = cv.env_config(config)
     self.model_config = cv.model_config(self.env, **dict(config.model))
     self.model = QwenVL(self.model_config)
@@ -64,7 +105,7 @@ class VLMSFT:
     return {"params": self.model.init(rng, *cv.prompts(self.env, self.model_config, [example]).model_args())["params"]}
 
   def optimizers(self):
-    return {"main": Optimizer(adamw(self.config.sft.learning_rate))}
+    return {"main": phase_optimizer(self.config.sft, self.config.sft.steps)}
 
   def source(self, phase):
     del phase
@@ -97,6 +138,7 @@ class CheckpointSFT:
     from jaxagents.tasks import checkpoint_vlm as cvlm
 
     config_checks.positive(config, "sft.steps", "sft.batch_size", "eval.examples", "eval.max_new_tokens")
+    check_schedule(config, "sft")
     self.config = config
     self.cvlm = cvlm
     self.model, self.processor = cvlm.build_model(config)
@@ -104,7 +146,7 @@ class CheckpointSFT:
     if self.train is None:
       raise ValueError("config.data.train: expected a dataset path, got None.")
     self.phases = (Phase("sft", config.sft.steps, config.sft.batch_size),)
-    self._optimizers = {"main": Optimizer(adamw(config.sft.learning_rate))}
+    self._optimizers = {"main": phase_optimizer(config.sft, config.sft.steps)}
     sampling = SamplingConfig(config.eval.max_new_tokens, config.eval.get("temperature", 1.0),
                               **self.processor.stop_options)
     held_out = cvlm.RecordBatches.from_config(config, self.processor, "eval") or self.train
@@ -131,8 +173,6 @@ class CheckpointSFT:
 
   def update(self, state, batch, rng, phase):
     del rng
-    from jaxagents.tasks.grpo import sft_update
-
     sft = self.config.sft
     return sft_update(self.model, state, batch, phase.optimizer, self._optimizers[phase.optimizer],
                       micro_batches=sft.get("micro_batches", 1), chunk=sft.get("logprob_chunk"))

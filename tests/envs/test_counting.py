@@ -111,3 +111,12 @@ def test_pipeline_batches_of_the_source_turn_back_into_the_examples_they_index()
     assert example["prompt"] == expected["prompt"] and example["row_counts"] == expected["row_counts"]
   with pytest.raises(ValueError, match="batch"):
     counting.examples_from_batch(config, {"image": batch["image"], "count": batch["count"][:2]})
+
+
+def test_color_last_moves_the_colour_to_the_prompts_last_word_and_changes_nothing_else():
+  plain, last = counting.CountingConfig(), counting.CountingConfig(color_last=True)
+  for index in range(5):
+    a, b = counting.make_example(plain, 2, index), counting.make_example(last, 2, index)
+    assert np.array_equal(a["image"], b["image"]) and a["count"] == b["count"] and a["color"] == b["color"]
+    assert a["prompt"] == f"how many {a['color']} shapes ?" and b["prompt"] == f"how many shapes ? {b['color']}"
+    assert counting.decode(counting.prompt_ids(last, b)[-1:]) == b["color"]  # the answer is predicted at the colour

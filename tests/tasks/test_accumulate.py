@@ -11,7 +11,8 @@ from jaxagents.rl import grpo
 from jaxagents.tasks import accumulate
 from jaxagents.tasks import counting_vlm as cv
 from jaxagents.tasks.base import Optimizer
-from jaxagents.tasks.grpo import policy_update, sft_update
+from jaxagents.tasks.grpo import policy_update
+from jaxagents.tasks.vlm_sft import sft_update
 
 GROUP, PROMPTS = 2, 4
 

@@ -1,6 +1,7 @@
 """The RL jobs on the one loop: SIGKILL and resume is bitwise, the summary of a resumed run equals the uninterrupted
 run's, a non-finite reward stops the job with the loop's message and the last good checkpoint, every size in an RL
-config is checked by name, and a sharded GRPO step equals the one-device step."""
+config is checked by name, a sharded GRPO step equals the one-device step, the phases' learning-rate schedules, and
+the README's main job learns."""
 
 import json
 import os
@@ -9,6 +10,8 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -17,7 +20,7 @@ import pytest
 from jaxagents import metrics as metrics_lib
 from jaxagents import sharding
 from jaxagents import train as train_lib
-from jaxagents.tasks import base, counting_vlm, get_task
+from jaxagents.tasks import base, counting_vlm, get_task, vlm_sft
 from tests.tasks import configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -152,12 +155,47 @@ def test_sharded_grpo_step_equals_the_one_device_step():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), eight[3], one[3])
 
 
-def test_shortened_grpo_job_raises_the_held_out_reward(tmp_path):
-  """The README's main job shortened to 100 GRPO steps after its SFT warm start (half the config's): the held-out
-  sampled reward (256 prompts x 4 samples, the same draws at every evaluation) must rise by 0.03. One device, as the
-  README's command runs on a CPU (the sharded tests are above)."""
+def test_the_readmes_main_job_learns_and_its_rl_phase_adds_to_its_warm_start(tmp_path):
+  """The README's main job in full (about a minute on 2 cores, one device as the README's command runs on a CPU):
+  held-out greedy accuracy (256 prompts) >= 0.85 at the end and RL adds >= 0.15 over its own warm start. Seed 0
+  measured 0.629 -> 1.000 (`python -m jaxagents.scripts.main_job_seeds`: seeds 0-2 0.561 -> 0.996 on average)."""
   config = configs.load("grpo_shapes")
-  config.rl.steps = 100
   result = train_lib.train(config, str(tmp_path), devices=jax.devices()[:1])
-  after_sft = json.loads((tmp_path / "after_sft.json").read_text())["eval/sampled_reward"]
-  assert result["eval/sampled_reward"] > after_sft + 0.03, (after_sft, result["eval/sampled_reward"])
+  after_sft = json.loads((tmp_path / "after_sft.json").read_text())["eval/reward"]
+  assert result["eval/reward"] >= 0.85 and result["eval/reward"] >= after_sft + 0.15, (after_sft, result)
+
+
+def test_a_cosine_phase_schedule_warms_up_then_decays_to_zero_over_the_phases_optimizer_updates():
+  phase = ml_collections.ConfigDict(dict(learning_rate=1e-3, lr_schedule="cosine", warmup_steps=15))
+  optimizer = vlm_sft.phase_optimizer(phase, steps=150, updates_per_step=2)  # 300 updates, 30 of warmup
+  expected = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 30, 300)
+  for count in (0, 15, 30, 31, 165, 299, 300):
+    np.testing.assert_allclose(optimizer.schedule(count), expected(count), rtol=1e-6)
+  assert float(optimizer.schedule(30)) == pytest.approx(1e-3) and float(optimizer.schedule(300)) == 0.0
+  assert float(optimizer.schedule(165)) == pytest.approx(0.5e-3, rel=1e-5)  # halfway through the decay
+  constant = vlm_sft.phase_optimizer(ml_collections.ConfigDict(dict(learning_rate=1e-3)), steps=150)
+  assert constant.schedule is None
+  # The optimizer follows the schedule: AdamW's first step moves each parameter by about its learning rate.
+  params = {"w": jnp.ones(3)}
+  state = optimizer.tx.init(params)
+  for count in range(31):
+    updates, state = optimizer.tx.update({"w": jnp.ones(3)}, state, params)
+    if count in (0, 30):
+      np.testing.assert_allclose(-updates["w"], expected(count), rtol=1e-4, atol=1e-12)
+
+
+def test_an_unknown_lr_schedule_and_a_patch_that_splits_a_cell_are_refused_by_name():
+  config = configs.load("grpo_shapes", "test")
+  config.rl.lr_schedule = "linear"
+  with pytest.raises(ValueError, match=r"config\.rl\.lr_schedule: expected one of \('constant', 'cosine'\), "
+                                       r"got 'linear'"):
+    get_task(config.task, config)
+  config = configs.load("grpo_shapes", "test")
+  config.rl.warmup_steps = -1
+  with pytest.raises(ValueError, match=r"config\.rl\.warmup_steps"):
+    get_task(config.task, config)
+  env = counting_vlm.env_config(configs.load("grpo_shapes", "test"))
+  with pytest.raises(ValueError, match=r"config\.model\.patch_size: must divide the cell \(14 px\).*got 5"):
+    counting_vlm.model_config(env, patch_size=5)
+  one_token_per_cell = counting_vlm.model_config(env, patch_size=7)
+  assert counting_vlm.image_options(env, one_token_per_cell).patch_size == 7

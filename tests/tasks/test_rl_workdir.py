@@ -39,10 +39,10 @@ def _abstract_state(config):
   return sharding.unbox(jax.eval_shape(init, jax.random.key(config.seed)))
 
 
-def _grpo_workdir(workdir, step):
-  """A grpo_shapes:test workdir whose latest checkpoint is `step`, as the loop leaves it, with the metrics and the
-  warm start's evaluation it would have logged."""
-  config = _config()
+def _grpo_workdir(workdir, step, **overrides):
+  """A grpo_shapes:test workdir (with `overrides`) whose latest checkpoint is `step`, as the loop leaves it, with the
+  metrics and the warm start's evaluation it would have logged."""
+  config = _config(**overrides)
   checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints", save_every=1, async_save=False)
   zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), _abstract_state(config))
   checkpointer.save(step, zeros, force=True)
@@ -122,27 +122,46 @@ def accepted(monkeypatch):
   return changes
 
 
+_CONSTANT = {"rl.lr_schedule": "constant"}
+
+
 def test_rl_options_may_change_until_the_first_rl_step_and_only_rl_steps_after_it(tmp_path, accepted):
   # `scripts/compare_rl.py` starts each method's RL from a copy of one warm-start workdir.
   warm, rl = tmp_path / "warm", tmp_path / "rl"
-  _grpo_workdir(warm, _SFT_END)
-  _grpo_workdir(rl, 6)
-  other_rl = {"rl.learning_rate": 1e-3, "rl.steps": 6, "rl.advantage": "rloo", "rl.loss.beta": 0.0}
+  _grpo_workdir(warm, _SFT_END, **_CONSTANT)
+  _grpo_workdir(rl, 6, **_CONSTANT)
+  other_rl = {**_CONSTANT, "rl.learning_rate": 5e-4, "rl.steps": 6, "rl.advantage": "rloo", "rl.loss.beta": 0.0}
   with pytest.raises(_Resumed):
     _train(_config(**other_rl), warm)
-  assert accepted[-1] == {"rl.learning_rate": (1e-4, 1e-3), "rl.steps": (4, 6), "rl.advantage": ("grpo", "rloo"),
+  assert accepted[-1] == {"rl.learning_rate": (1e-3, 5e-4), "rl.steps": (4, 6), "rl.advantage": ("grpo", "rloo"),
                           "rl.loss.beta": (0.04, 0.0)}
 
   before = _snapshot(rl)
-  for change, refused in (({"rl.learning_rate": 1e-3}, "rl.learning_rate: 0.0001 there, 0.001 now"),
+  for change, refused in (({"rl.learning_rate": 5e-4}, "rl.learning_rate: 0.001 there, 0.0005 now"),
                           ({"rl.advantage": "rloo"}, "rl.advantage: 'grpo' there, 'rloo' now"),
                           ({"sft.steps": 3}, "sft.steps: 4 there, 3 now")):
     with pytest.raises(checkpoint_lib.CheckpointMismatchError, match=refused):
-      _train(_config(**change), rl)
+      _train(_config(**_CONSTANT, **change), rl)
     assert _snapshot(rl) == before
   with pytest.raises(_Resumed):
-    _train(_config(**{"rl.steps": 6}), rl)
+    _train(_config(**_CONSTANT, **{"rl.steps": 6}), rl)
   assert accepted[-1] == {"rl.steps": (4, 6)}
   with pytest.raises(checkpoint_lib.CheckpointMismatchError, match="at step 6, past this config's last step 5"):
-    _train(_config(**{"rl.steps": 1}), rl)
+    _train(_config(**_CONSTANT, **{"rl.steps": 1}), rl)
   assert _snapshot(rl) == before
+
+
+def test_with_a_decaying_rl_learning_rate_not_even_rl_steps_may_change_after_the_first_rl_step(tmp_path, accepted):
+  # The cosine schedule's length is rl.steps: a longer run would have taken other steps, not more of the same.
+  rl = tmp_path / "rl"
+  _grpo_workdir(rl, 6)
+  assert _config().rl.lr_schedule == "cosine"
+  before = _snapshot(rl)
+  with pytest.raises(checkpoint_lib.CheckpointMismatchError, match="rl.steps: 4 there, 6 now"):
+    _train(_config(**{"rl.steps": 6}), rl)
+  assert _snapshot(rl) == before
+  warm = tmp_path / "warm"
+  _grpo_workdir(warm, _SFT_END)
+  with pytest.raises(_Resumed):  # before the first RL step, the schedule may still change
+    _train(_config(**{"rl.steps": 6, "rl.warmup_steps": 2}), warm)
+  assert accepted[-1] == {"rl.steps": (4, 6), "rl.warmup_steps": (15, 2)}
