@@ -27,7 +27,14 @@ import numpy as np
 
 from kernels_pallas.block_sparse._compat import is_tpu_interpret_params
 from kernels_pallas.block_sparse.gpu_triton import block_sparse_attention_triton
-from kernels_pallas.block_sparse.layout import BlockLayout, check_layout_values, is_concrete, validate_layout
+from kernels_pallas.block_sparse.layout import (
+  BlockLayout,
+  check_block_kinds,
+  check_layout_values,
+  is_concrete,
+  validate_layout,
+  with_block_kinds,
+)
 from kernels_pallas.block_sparse.reference import block_sparse_attention_reference
 from kernels_pallas.block_sparse.tpu import block_sparse_attention_tpu
 
@@ -132,16 +139,19 @@ def _runs_on_default_backend(platforms: tuple[str, ...] | None) -> bool:
   return platforms is None or default in platforms or (default == "gpu" and bool({"cuda", "rocm"} & set(platforms)))
 
 
-def _positions(positions, name: str, batch: int, length: int, default_offset: int) -> jax.Array:
+def _positions(positions, name: str, batch: int, length: int, num_kv_heads: int, default_offset: int) -> jax.Array:
+  """int32 [B, P, length] with P = 1, or P = Hkv for per-kv-head positions."""
   if positions is None:
-    return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32) + default_offset, (batch, length))
+    return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32) + default_offset, (batch, 1, length))
   positions = jnp.asarray(positions)
-  if not jnp.issubdtype(positions.dtype, jnp.integer) or positions.shape not in ((length,), (batch, length)):
+  shapes = ((length,), (batch, length), (batch, num_kv_heads, length), (batch, 1, length))
+  if not jnp.issubdtype(positions.dtype, jnp.integer) or positions.shape not in shapes:
     raise ValueError(
-      f"block_sparse_attention: `{name}` must be int of shape [{length}] or [B, {length}] with B={batch}, "
-      f"got {positions.dtype}{tuple(positions.shape)}"
+      f"block_sparse_attention: `{name}` must be int of shape [{length}], [B, {length}] or [B, Hkv, {length}] "
+      f"with B={batch}, Hkv={num_kv_heads}, got {positions.dtype}{tuple(positions.shape)}"
     )
-  return jnp.broadcast_to(positions.astype(jnp.int32), (batch, length))
+  positions = positions.astype(jnp.int32)
+  return positions if positions.ndim == 3 else jnp.broadcast_to(positions.reshape(-1, 1, length), (batch, 1, length))
 
 
 def _validate_inputs(q, k, v) -> None:
@@ -185,8 +195,9 @@ def block_sparse_attention(
   """softmax(sm_scale * q k^T) v over the key/value blocks listed in `layout` (and causal by positions).
 
   Key t is visible to query s iff its block is listed for s's block (see `layout.py`) and, when `causal`,
-  kv_positions[t] <= q_positions[s]. Positions are the tokens' *original* positions, so permuted inputs
-  (MMInference's grid/modality permutations) stay causal. Rows with no visible key return out = 0 and
+  kv_positions[t] <= q_positions[s] or the layout marks the block full (`layout.partial`; computed here from the
+  positions when the layout carries no kinds, so that the kernels mask only the partial blocks). Positions are the
+  tokens' *original* positions, so permuted inputs (MMInference's grid/modality permutations) stay causal. Rows with no visible key return out = 0 and
   lse = -inf. Jit-able: the layout's values (listed ids in [0, T / block_kv), no id twice in a row, counts in
   [0, MAXN]) are checked when its arrays are concrete, and skipped when they are traced (`check_layout_values`).
 
@@ -195,8 +206,9 @@ def block_sparse_attention(
     k, v: [B, T, Hkv, D] keys/values, Hq % Hkv == 0 (GQA/MQA when Hkv < Hq).
     layout: BlockLayout with kv_blocks [B, H, S / block_q, MAXN], H = Hkv (per GQA group) or Hq.
     causal: apply the position mask on top of the layout.
-    q_positions: int [S] or [B, S]; default arange(S) + T - S (queries aligned to the end of the keys).
-    kv_positions: int [T] or [B, T]; default arange(T).
+    q_positions: int [S], [B, S] or [B, Hkv, S] (an order per kv head, e.g. a permuted head group); default
+      arange(S) + T - S (queries aligned to the end of the keys).
+    kv_positions: int [T], [B, T] or [B, Hkv, T]; default arange(T).
     sm_scale: score scale; default 1 / sqrt(D).
     block_q, block_kv: optional assertions; the block sizes are the layout's, and a different value here
       raises ValueError.
@@ -215,8 +227,14 @@ def block_sparse_attention(
   for name, given in (("block_q", block_q), ("block_kv", block_kv)):
     if given is not None and given != getattr(layout, name):
       raise ValueError(f"block_sparse_attention: `{name}`={given} does not match layout.{name}={getattr(layout, name)}")
-  q_positions = _positions(q_positions, "q_positions", batch, q_len, kv_len - q_len)
-  kv_positions = _positions(kv_positions, "kv_positions", batch, kv_len, 0)
+  q_positions = _positions(q_positions, "q_positions", batch, q_len, num_kv_heads, kv_len - q_len)
+  kv_positions = _positions(kv_positions, "kv_positions", batch, kv_len, num_kv_heads, 0)
+  if q_positions.shape[1] != kv_positions.shape[1]:
+    q_positions, kv_positions = (jnp.broadcast_to(x, (batch, num_kv_heads, x.shape[-1])) for x in (q_positions, kv_positions))
+  if causal and layout.partial is None:
+    layout = with_block_kinds(layout, q_positions, kv_positions, num_q_heads)
+  elif causal and is_concrete(layout) and not isinstance(q_positions, jax.core.Tracer):
+    check_block_kinds(layout, q_positions, kv_positions, num_q_heads, where="block_sparse_attention")
   sm_scale = float(1.0 / np.sqrt(head_dim)) if sm_scale is None else float(sm_scale)
 
   auto = isinstance(backend, str) and backend == "auto"

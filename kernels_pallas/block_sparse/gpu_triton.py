@@ -42,9 +42,22 @@ _NN = (((1,), (0,)), ((), ()))  # p @ v
 
 
 def _kernel(
-  q_ref, k_ref, v_ref, q_pos_ref, kv_pos_ref, kv_blocks_ref, kv_count_ref, o_ref, *lse_ref, causal, qk_scale, block_kv
+  q_ref,
+  k_ref,
+  v_ref,
+  q_pos_ref,
+  kv_pos_ref,
+  kv_blocks_ref,
+  partial_ref,
+  kv_count_ref,
+  o_ref,
+  *lse_ref,
+  causal,
+  qk_scale,
+  block_kv,
 ):
-  """q_ref [bq, D]; k_ref, v_ref [T, D]; q_pos_ref [bq]; kv_pos_ref [T]; kv_blocks_ref [MAXN]; kv_count_ref [1]."""
+  """q_ref [bq, D]; k_ref, v_ref [T, D]; q_pos_ref [bq]; kv_pos_ref [T]; kv_blocks_ref, partial_ref [MAXN];
+  kv_count_ref [1]."""
   block_q, head_dim = q_ref.shape
   num_kv_blocks = k_ref.shape[0] // block_kv
   q = q_ref[...]
@@ -58,8 +71,13 @@ def _kernel(
     start = pl.multiple_of(kv_block * block_kv, block_kv)
     kv_slice = pl.ds(start, block_kv)
     s = lax.dot_general(q, k_ref[kv_slice, :], _NT, preferred_element_type=jnp.float32) * qk_scale
-    if causal:
-      s = jnp.where(kv_pos_ref[kv_slice][None, :] <= q_pos[:, None], s, MASK_VALUE)
+    if causal:  # only partial blocks read kv positions and mask
+      s = lax.cond(
+        partial_ref[j] != 0,
+        lambda s: jnp.where(kv_pos_ref[kv_slice][None, :] <= q_pos[:, None], s, MASK_VALUE),
+        lambda s: s,
+        s,
+      )
     m_next = jnp.maximum(m_prev, jnp.max(s, axis=1))
     alpha = jnp.exp2(m_prev - m_next)
     p = jnp.exp2(s - m_next[:, None])
@@ -105,8 +123,8 @@ def block_sparse_attention_triton(
   Args:
     q: [B, S, Hq, D]; k, v: [B, T, Hkv, D].
     layout: BlockLayout, H in {Hkv, Hq}.
-    q_positions: int32 [B, S]; kv_positions: int32 [B, T].
-    causal, sm_scale: see `block_sparse_attention`.
+    q_positions: int32 [B, P, S]; kv_positions: int32 [B, P, T]; P in {1, Hkv}.
+    causal, sm_scale: see `block_sparse_attention`; with `causal`, layout.partial must be set.
     interpret: run the Pallas interpreter (CPU tests).
     num_warps: Triton warps per program; default 4 for head_dim <= 64, else 8 (jax's `mha` heuristic).
     num_stages: Triton software-pipelining depth of the kv loop.
@@ -117,6 +135,7 @@ def block_sparse_attention_triton(
   kv_len, num_kv_heads = k.shape[1], k.shape[2]
   groups = num_q_heads // num_kv_heads
   per_q_head_layout = layout.num_heads == num_q_heads and groups > 1
+  per_kv_head_positions = q_positions.shape[1] > 1
   block_q, block_kv, max_blocks = layout.block_q, layout.block_kv, layout.max_blocks
 
   padded_dim = max(16, pl.next_power_of_2(head_dim))
@@ -141,6 +160,10 @@ def block_sparse_attention_triton(
     b, _, _, layout_head = head_ids(g, bh)
     return b, layout_head, i, 0
 
+  def positions_row(g, bh):
+    b, _, kv_head, _ = head_ids(g, bh)
+    return b, (kv_head if per_kv_head_positions else 0)
+
   def lse_map(g, i, bh):
     b, q_head, _, _ = head_ids(g, bh)
     return b, q_head, i
@@ -149,8 +172,9 @@ def block_sparse_attention_triton(
     pl.BlockSpec((None, block_q, None, padded_dim), q_map),
     pl.BlockSpec((None, kv_len, None, padded_dim), kv_map),
     pl.BlockSpec((None, kv_len, None, padded_dim), kv_map),
-    pl.BlockSpec((None, block_q), lambda g, i, bh: (head_ids(g, bh)[0], i)),
-    pl.BlockSpec((None, kv_len), lambda g, i, bh: (head_ids(g, bh)[0], 0)),
+    pl.BlockSpec((None, None, block_q), lambda g, i, bh: (*positions_row(g, bh), i)),
+    pl.BlockSpec((None, None, kv_len), lambda g, i, bh: (*positions_row(g, bh), 0)),
+    pl.BlockSpec((None, None, None, max_blocks), layout_map),
     pl.BlockSpec((None, None, None, max_blocks), layout_map),
     pl.BlockSpec((None, None, None, 1), layout_map),
   ]
@@ -160,6 +184,7 @@ def block_sparse_attention_triton(
     out_shape.append(jax.ShapeDtypeStruct((batch, num_q_heads, q_len), jnp.float32))
     out_specs.append(pl.BlockSpec((None, None, block_q), lse_map))
 
+  partial = jnp.ones(layout.kv_blocks.shape, jnp.int32) if layout.partial is None else layout.partial.astype(jnp.int32)
   kernel = functools.partial(_kernel, causal=causal, qk_scale=sm_scale * math.log2(math.e), block_kv=block_kv)
   results = pl.pallas_call(
     kernel,
@@ -170,6 +195,6 @@ def block_sparse_attention_triton(
     compiler_params=TritonCompilerParams(num_warps=num_warps or (4 if padded_dim <= 64 else 8), num_stages=num_stages),
     interpret=interpret,
     name="block_sparse_attention_fwd",
-  )(q, k, v, q_positions, kv_positions, layout.kv_blocks, layout.kv_count[..., None])
+  )(q, k, v, q_positions, kv_positions, layout.kv_blocks, partial, layout.kv_count[..., None])
   out = results[0][..., :head_dim]
   return (out, results[1]) if return_lse else out

@@ -15,14 +15,26 @@ A layout never holds an S x S mask. For batch b, layout head h and query block i
     share their K/V block loads; the natural choice) or the number of **query heads** (a pattern per query
     head). For MHA both are the same.
   * block_q, block_kv: static token sizes of a block (pytree metadata, so one compile per shape bucket).
-Causal masking is applied on top of the layout by the kernels, from token positions; listing a block above the
-diagonal is allowed and costs compute but not correctness. A traced layout that breaks the contract gives
-unspecified results (the kernels clamp ids and counts so they never read out of bounds); `block_sparse_attention`
-refuses a concrete one whose listed ids or counts are out of range or repeat (`check_layout_values`), and
-`check_layout` checks the whole contract.
+  * partial: bool [B, H, NQ, MAXN] or None, the block kinds (splash attention's `block_mask` of partial and
+    full blocks): True where the listed block holds some (query, key) pair with kv_position > q_position, so
+    the causal mask must be applied; False ("full") where every pair is causally visible and the kernels skip
+    the mask. None means "not computed": `block_sparse_attention` fills it from the positions it is given
+    (`with_block_kinds`), so the kernels always receive kinds. Without a permutation the partial blocks of a
+    causal layout are the diagonal ones; with one (grid, modality heads) they can be anywhere.
+Causal masking is applied on top of the layout by the kernels, from token positions, on partial blocks; listing
+a block above the diagonal is allowed and costs compute but not correctness. Marking a block full that is not
+(`check_block_kinds`) changes the result: the kernels then attend all of its keys. A traced layout that breaks
+the contract gives unspecified results (the kernels clamp ids and counts so they never read out of bounds);
+`block_sparse_attention` refuses a concrete one whose listed ids or counts are out of range or repeat
+(`check_layout_values`) or whose kinds contradict the positions (`check_block_kinds`), and `check_layout` checks
+the whole contract.
 
-Not implemented: `block_kind` (full vs. partial blocks, splash attention's `block_mask`) and MInference's
-vertical-column path (`column_count` / `column_index` of `csrc/vertical_slash_index.cu`).
+Positions. The kernels read causal positions as int32 [B, P, S] (queries) and [B, P, T] (keys) with P = 1
+(shared by every head) or P = Hkv (one order per kv head: a permuted head group, whose query heads share their
+kv head's permutation).
+
+Not implemented: MInference's vertical-column path (`column_count` / `column_index` of
+`csrc/vertical_slash_index.cu`).
 """
 
 import dataclasses
@@ -34,7 +46,9 @@ import numpy as np
 
 
 @functools.partial(
-  jax.tree_util.register_dataclass, data_fields=["kv_blocks", "kv_count"], meta_fields=["block_q", "block_kv"]
+  jax.tree_util.register_dataclass,
+  data_fields=["kv_blocks", "kv_count", "partial"],
+  meta_fields=["block_q", "block_kv"],
 )
 @dataclasses.dataclass(frozen=True)
 class BlockLayout:
@@ -45,12 +59,14 @@ class BlockLayout:
     kv_count: int32 [B, H, NQ] number of valid ids per row.
     block_q: query tokens per block (static).
     block_kv: key/value tokens per block (static).
+    partial: bool [B, H, NQ, MAXN] block kinds (True = causal mask needed), or None (not computed).
   """
 
   kv_blocks: jax.Array
   kv_count: jax.Array
   block_q: int
   block_kv: int
+  partial: jax.Array | None = None
 
   @property
   def batch(self) -> int:
@@ -94,6 +110,12 @@ def validate_layout(
     )
   if blocks.shape[3] < 1:
     raise ValueError(f"BlockLayout: `kv_blocks` needs MAXN >= 1 (last axis), got shape {tuple(blocks.shape)}")
+  partial = layout.partial
+  if partial is not None and (partial.dtype != jnp.bool_ or tuple(partial.shape) != tuple(blocks.shape)):
+    raise ValueError(
+      f"BlockLayout: `partial` must be None or bool of the shape of kv_blocks {tuple(blocks.shape)}, "
+      f"got {partial.dtype}{tuple(partial.shape)}"
+    )
   if blocks.shape[0] != batch:
     raise ValueError(f"BlockLayout: `kv_blocks` batch must be B={batch} (from q), got {blocks.shape[0]}")
   if blocks.shape[1] not in (num_kv_heads, num_q_heads):
@@ -113,7 +135,7 @@ def validate_layout(
 
 def is_concrete(layout: BlockLayout) -> bool:
   """True when the layout's arrays hold values (not tracers), so `check_layout_values` can read them."""
-  return not any(isinstance(x, jax.core.Tracer) for x in (layout.kv_blocks, layout.kv_count))
+  return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(layout))
 
 
 def check_layout_values(layout: BlockLayout, kv_len: int, *, where: str = "BlockLayout", name: str = "layout") -> None:
@@ -150,6 +172,64 @@ def check_layout_values(layout: BlockLayout, kv_len: int, *, where: str = "Block
     raise ValueError(
       f"{where}: `{name}.kv_blocks` row (b, h, i)={row} lists block {listed[row][bad[0][3]]} twice among its first "
       f"kv_count={count[row]} ids {blocks[row][: count[row]].tolist()} (its keys would be counted twice)"
+    )
+
+
+def _position_head(layout: BlockLayout, num_q_heads: int, num_position_heads: int) -> np.ndarray:
+  """int [H]: the positions row ([B, P, N], P in {1, Hkv}) each layout head reads."""
+  heads = np.arange(layout.num_heads)
+  if num_position_heads == 1:
+    return np.zeros_like(heads)
+  per_q_head = layout.num_heads == num_q_heads and num_q_heads != num_position_heads
+  return heads // (num_q_heads // num_position_heads) if per_q_head else heads
+
+
+def _block_bounds(positions: jax.Array, block: int, reduce) -> jax.Array:
+  """[B, P, N] -> [B, P, N / block] by `reduce` over each block."""
+  return reduce(positions.reshape(*positions.shape[:-1], -1, block), axis=-1)
+
+
+def block_kinds(layout: BlockLayout, q_positions: jax.Array, kv_positions: jax.Array, num_q_heads: int) -> jax.Array:
+  """bool [B, H, NQ, MAXN]: True where listed block n = kv_blocks[b, h, i, j] holds a pair with kv_position >
+  q_position (max kv position of block n > min q position of query block i); jit-able, O(B H NQ MAXN).
+
+  Args:
+    layout: BlockLayout [B, H, NQ, MAXN].
+    q_positions: int32 [B, P, S]; kv_positions: int32 [B, P, T]; P in {1, Hkv}.
+    num_q_heads: Hq (to map a per-query-head layout onto per-kv-head positions).
+  """
+  rows = _position_head(layout, num_q_heads, q_positions.shape[1])
+  earliest_query = _block_bounds(q_positions, layout.block_q, jnp.min)[:, rows]  # [B, H, NQ]
+  latest_key = _block_bounds(kv_positions, layout.block_kv, jnp.max)[:, rows]  # [B, H, NK]
+  num_kv_blocks = latest_key.shape[-1]
+  ids = jnp.clip(layout.kv_blocks, 0, num_kv_blocks - 1).reshape(*layout.kv_blocks.shape[:2], -1)
+  latest = jnp.take_along_axis(latest_key, ids, axis=-1).reshape(layout.kv_blocks.shape)
+  return latest > earliest_query[..., None]
+
+
+def with_block_kinds(
+  layout: BlockLayout, q_positions: jax.Array, kv_positions: jax.Array, num_q_heads: int
+) -> BlockLayout:
+  """`layout` with `partial` = `block_kinds(...)` (see there)."""
+  partial = block_kinds(layout, q_positions, kv_positions, num_q_heads)
+  return dataclasses.replace(layout, partial=partial)
+
+
+def check_block_kinds(
+  layout: BlockLayout, q_positions, kv_positions, num_q_heads: int, *, where: str = "BlockLayout"
+) -> None:
+  """Concrete check (host side) that no listed block marked full (`partial` False) holds a causally invisible
+  pair; ValueError naming the (b, h, i) row and the block. A block marked partial that is full only costs time."""
+  if layout.partial is None:
+    return
+  needed = np.asarray(block_kinds(layout, jnp.asarray(q_positions), jnp.asarray(kv_positions), num_q_heads))
+  valid = np.arange(layout.max_blocks) < np.asarray(layout.kv_count)[..., None]
+  bad = np.argwhere(valid & needed & ~np.asarray(layout.partial))
+  if bad.size:
+    row, j = tuple(int(x) for x in bad[0][:3]), int(bad[0][3])
+    raise ValueError(
+      f"{where}: `layout.partial` marks block {int(np.asarray(layout.kv_blocks)[row][j])} of row (b, h, i)={row} "
+      "full, but it holds a key after a query by the given positions (it must be marked partial)"
     )
 
 
@@ -216,15 +296,19 @@ def from_block_mask(block_mask, block_q: int, block_kv: int, max_blocks: int | N
   return BlockLayout(kv_blocks=kv_blocks, kv_count=count, block_q=block_q, block_kv=block_kv)
 
 
-def to_block_mask(layout: BlockLayout, num_kv_blocks: int) -> jax.Array:
-  """bool [B, H, NQ, NK]: True where block n is among the first kv_count ids of row (b, h, i)."""
+def to_block_mask(layout: BlockLayout, num_kv_blocks: int, *, full_only: bool = False) -> jax.Array:
+  """bool [B, H, NQ, NK]: True where block n is among the first kv_count ids of row (b, h, i) (and, with
+  `full_only`, marked full: `partial` False; a layout without kinds has no full blocks)."""
   valid = jnp.arange(layout.max_blocks) < layout.kv_count[..., None]
+  if full_only:
+    valid = jnp.zeros_like(valid) if layout.partial is None else valid & ~layout.partial
   ids = jnp.where(valid, layout.kv_blocks, num_kv_blocks)  # invalid entries land in a dropped extra column
   one_hot = jax.nn.one_hot(ids, num_kv_blocks + 1, dtype=jnp.bool_)  # [B, H, NQ, MAXN, NK + 1]
   return jnp.any(one_hot, axis=-2)[..., :num_kv_blocks]
 
 
-def to_token_mask(layout: BlockLayout, kv_len: int) -> jax.Array:
-  """bool [B, H, S, T]: the layout expanded to tokens (no causal part). O(S * T): references and tests only."""
-  block_mask = to_block_mask(layout, kv_len // layout.block_kv)
+def to_token_mask(layout: BlockLayout, kv_len: int, *, full_only: bool = False) -> jax.Array:
+  """bool [B, H, S, T]: the layout (or its full blocks) expanded to tokens (no causal part). O(S * T): references
+  and tests only."""
+  block_mask = to_block_mask(layout, kv_len // layout.block_kv, full_only=full_only)
   return jnp.repeat(jnp.repeat(block_mask, layout.block_q, axis=2), layout.block_kv, axis=3)

@@ -1,12 +1,14 @@
 """Pure-JAX reference for block-sparse attention: dense masked softmax attention (the oracle of every backend).
 
     visible[b, hq, s, t] = layout_block(b, h(hq), s // block_q, t // block_kv)
-                           AND (not causal OR kv_positions[b, t] <= q_positions[b, s])
+                           AND (not causal OR block marked full OR kv_positions[b, p, t] <= q_positions[b, p, s])
     lse[b, hq, s]        = log sum_{t visible} exp(sm_scale * q[b, s, hq] . k[b, t, hkv])
     p[b, hq, s, t]       = exp(sm_scale * q . k - m[b, hq, s]),  m = the row max of the visible scores
     out[b, s, hq]        = sum_{t visible} p v[b, t, hkv] / sum_{t visible} p
 
-with hkv = hq // (Hq / Hkv) (GQA) and h(hq) = hkv for a per-kv-head layout, hq for a per-query-head one.
+with hkv = hq // (Hq / Hkv) (GQA), h(hq) = hkv for a per-kv-head layout, hq for a per-query-head one, and
+p = hkv for per-kv-head positions ([B, Hkv, N]), 0 for shared ones ([B, 1, N]). A block is "marked full" when the
+layout's `partial` flag for it is False (`layout.py`); a layout without kinds has every block partial.
 Rows with no visible key give out = 0 and lse = -inf (never NaN); every backend follows this convention.
 Computed in float32 at `Precision.HIGHEST` from the given inputs; O(S * T) memory, so it is an oracle and the
 CPU fallback, not a long-context path.
@@ -21,14 +23,17 @@ from kernels_pallas.block_sparse.layout import BlockLayout, to_token_mask
 def visible_mask(
   layout: BlockLayout, *, num_q_heads: int, kv_len: int, causal: bool, q_positions, kv_positions
 ) -> jax.Array:
-  """bool [B, Hq, S, T]: the layout's token mask per query head, AND the causal mask by positions.
+  """bool [B, Hq, S, T]: the layout's token mask per query head, AND the causal mask by positions on the blocks
+  not marked full.
 
-  q_positions: int [B, S]; kv_positions: int [B, T] (only read when causal).
+  q_positions: int [B, S] or [B, P, S]; kv_positions: int [B, T] or [B, P, T], P in {1, Hkv} (read when causal).
   """
-  mask = to_token_mask(layout, kv_len)  # [B, H, S, T]
-  mask = jnp.repeat(mask, num_q_heads // layout.num_heads, axis=1)
+  per_head = lambda x: jnp.repeat(x, num_q_heads // x.shape[1], axis=1)  # noqa: E731  [B, H, ...] -> [B, Hq, ...]
+  mask = per_head(to_token_mask(layout, kv_len))  # [B, Hq, S, T]
   if causal:
-    mask &= (kv_positions[:, None, :] <= q_positions[:, :, None])[:, None]
+    q_positions, kv_positions = (x if x.ndim == 3 else x[:, None] for x in (q_positions, kv_positions))
+    in_order = per_head(kv_positions[:, :, None, :] <= q_positions[:, :, :, None])
+    mask &= in_order | per_head(to_token_mask(layout, kv_len, full_only=True))
   return mask
 
 
@@ -49,7 +54,7 @@ def block_sparse_attention_reference(
     q: [B, S, Hq, D]; k, v: [B, T, Hkv, D].
     layout: BlockLayout with H in {Hkv, Hq}.
     causal: also require kv_positions[t] <= q_positions[s].
-    q_positions: int32 [B, S]; kv_positions: int32 [B, T].
+    q_positions: int32 [B, P, S]; kv_positions: int32 [B, P, T]; P in {1, Hkv} (or [B, S] / [B, T]).
     sm_scale: score scale.
   Returns:
     out [B, S, Hq, D] in q.dtype and lse float32 [B, Hq, S] (natural log; -inf on rows with no visible key).

@@ -125,7 +125,7 @@ def block_sparse_attention_tpu(
   Args:
     q: [B, S, Hq, D]; k, v: [B, T, Hkv, D].
     layout: BlockLayout, H in {Hkv, Hq}.
-    q_positions: int32 [B, S]; kv_positions: int32 [B, T].
+    q_positions: int32 [B, P, S]; kv_positions: int32 [B, P, T]; P in {1, Hkv}.
     causal, sm_scale: see `block_sparse_attention`.
     interpret: False, True (Pallas HLO interpreter) or a `pltpu.InterpretParams` (TPU-simulating interpreter).
   Returns:
@@ -136,6 +136,8 @@ def block_sparse_attention_tpu(
   groups = num_q_heads // num_kv_heads
   num_layout_heads, num_q_blocks, max_blocks = layout.num_heads, layout.num_q_blocks, layout.max_blocks
   per_q_head_layout = num_layout_heads == num_q_heads and groups > 1
+  per_kv_head_positions = q_positions.shape[1] > 1
+  num_position_heads = q_positions.shape[1]
   block_q, block_kv = layout.block_q, layout.block_kv
 
   def layout_row(b, h, i):
@@ -148,11 +150,14 @@ def block_sparse_attention_tpu(
   def kv_map(b, h, i, j, kv_blocks_ref, kv_count_ref):
     return b, lax.div(h, groups), kv_blocks_ref[layout_row(b, h, i) * max_blocks + j], 0
 
+  def positions_row(h):
+    return lax.div(h, groups) if per_kv_head_positions else 0
+
   def q_pos_map(b, h, i, j, kv_blocks_ref, kv_count_ref):
-    return b, i, 0
+    return b, positions_row(h), i, 0
 
   def kv_pos_map(b, h, i, j, kv_blocks_ref, kv_count_ref):
-    return b, kv_blocks_ref[layout_row(b, h, i) * max_blocks + j], 0, 0
+    return b, positions_row(h), kv_blocks_ref[layout_row(b, h, i) * max_blocks + j], 0, 0
 
   def lse_map(b, h, i, j, kv_blocks_ref, kv_count_ref):
     return b, h, i, 0
@@ -169,10 +174,10 @@ def block_sparse_attention_tpu(
       pl.BlockSpec((None, None, block_q, head_dim), q_map),
       pl.BlockSpec((None, None, block_kv, head_dim), kv_map),
       pl.BlockSpec((None, None, block_kv, head_dim), kv_map),
-      pl.BlockSpec((None, block_q, 1), q_pos_map),
-      # [B, NK, 1, block_kv]: the block's last two dims are the array's, which Mosaic's tiling rule accepts for
+      pl.BlockSpec((None, None, block_q, 1), q_pos_map),
+      # [B, P, NK, 1, block_kv]: the block's last two dims are the array's, which Mosaic's tiling rule accepts for
       # any block_kv (a (1, block_kv) block of a [B, 1, T] array would need block_kv % 128 == 0).
-      pl.BlockSpec((None, None, 1, block_kv), kv_pos_map),
+      pl.BlockSpec((None, None, None, 1, block_kv), kv_pos_map),
     ],
     out_specs=out_specs,
     scratch_shapes=[
@@ -195,8 +200,8 @@ def block_sparse_attention_tpu(
     q.transpose(0, 2, 1, 3),
     k.transpose(0, 2, 1, 3),
     v.transpose(0, 2, 1, 3),
-    q_positions[:, :, None],
-    kv_positions.reshape(batch, kv_len // block_kv, 1, block_kv),
+    q_positions[..., None],
+    kv_positions.reshape(batch, num_position_heads, kv_len // block_kv, 1, block_kv),
   )
   out = results[0].transpose(0, 2, 1, 3)
   return (out, results[1][..., 0]) if return_lse else out

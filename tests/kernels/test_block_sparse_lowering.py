@@ -38,7 +38,7 @@ def test_kernel_lowers_for_its_hardware_platform(
   block_mask = np.random.default_rng(0).random((batch, layout_heads, seq_len // block, seq_len // block)) < 0.5
   block_mask[..., -1] = False  # at most 3 blocks per row: MAXN = 3 is not a power of two
   layout = from_block_mask(block_mask, block, block, max_blocks=3)
-  positions = jnp.zeros((batch, seq_len), jnp.int32)
+  positions = jnp.zeros((batch, 1, seq_len), jnp.int32)
   for return_lse in (False, True):
     fn = jax.jit(functools.partial(kernel, causal=causal, sm_scale=0.1, return_lse=return_lse))
     lowered = fn.trace(q, k, k, layout, positions, positions).lower(lowering_platforms=(platform,))
@@ -53,7 +53,7 @@ def test_tpu_kernel_lowers_with_key_blocks_narrower_than_128(block_q, block_kv):
   q = jnp.zeros((batch, seq_len, 4, head_dim), jnp.bfloat16)
   k = jnp.zeros((batch, seq_len, 2, head_dim), jnp.bfloat16)
   layout = from_block_mask(np.ones((batch, 2, seq_len // block_q, seq_len // block_kv), bool), block_q, block_kv)
-  positions = jnp.zeros((batch, seq_len), jnp.int32)
+  positions = jnp.zeros((batch, 1, seq_len), jnp.int32)
   fn = jax.jit(functools.partial(block_sparse_attention_tpu, causal=True, sm_scale=0.1, return_lse=True))
   lowered = fn.trace(q, k, k, layout, positions, positions).lower(lowering_platforms=("tpu",))
   assert "tpu_custom_call" in lowered.as_text()
