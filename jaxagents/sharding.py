@@ -192,14 +192,17 @@ def shard_batch(batch: Any, mesh: Mesh | None = None, rules: Sequence[tuple[str,
   leaf's batch axis (`batch_axes`), which is what `jax.make_array_from_process_local_data` assembles on multi-host
   runs. Leaves that are already `jax.Array`s (computed under the mesh, e.g. by a rollout) are left as they are.
   Objects with a `to_global(process_index, process_count)` method (Qwen-VL's `ModelInputs`, whose rows index their
-  prompts) are turned into their part of the global batch first. `mesh` and `rules` default to `current()`.
+  prompts) are turned into their part of the global batch first, when they hold this host's rows (numpy leaves);
+  one already made of global `jax.Array`s is left as it is too, so sharding a batch twice (a task's `prepare` on
+  its rollout, then the train loop on the prepared batch) does not shift its indices a second time on every host
+  but the first. `mesh` and `rules` default to `current()`.
   """
   mesh, rules = _mesh_and_rules(mesh, rules)
   data_parallel = _data_parallel_size(mesh, rules)
   if jax.process_count() > 1:  # host-local indices (e.g. a row's prompt) become indices into the global batch
     is_part = lambda node: hasattr(node, "to_global") and not isinstance(node, type)
-    batch = jax.tree.map(lambda node: node.to_global(jax.process_index(), jax.process_count()) if is_part(node)
-                         else node, batch, is_leaf=is_part)
+    batch = jax.tree.map(lambda node: node.to_global(jax.process_index(), jax.process_count())
+                         if is_part(node) and _is_host_local(node) else node, batch, is_leaf=is_part)
 
   def put(x, axis):
     if isinstance(x, jax.Array):
@@ -214,6 +217,17 @@ def shard_batch(batch: Any, mesh: Mesh | None = None, rules: Sequence[tuple[str,
     return jax.make_array_from_process_local_data(batch_sharding(mesh, rules, axis), x)
 
   return jax.tree.map(put, batch, batch_axes(batch))
+
+
+def _is_host_local(part: Any) -> bool:
+  """Whether `part` (an object with `to_global`) holds one host's rows (numpy) rather than global `jax.Array`s."""
+  on_mesh = [isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(part)]
+  if any(on_mesh) and not all(on_mesh):
+    raise ValueError(
+      f"batch: a {type(part).__name__} mixes global jax.Arrays with host-local arrays, so it is unclear whether its "
+      f"indices count this host's rows or the global batch's; shard all of it at once (`shard_batch`)."
+    )
+  return not any(on_mesh)
 
 
 def host_rows(batch: Any, mesh: Mesh | None = None, rules: Sequence[tuple[str, Any]] | None = None) -> Any:

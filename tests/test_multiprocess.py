@@ -32,7 +32,11 @@ TIMEOUT_S = 600
 # with the shipped job's warmed-up 1e-3, and even with 1e-4, a token sampled at the third RL step differed.
 GRPO_LR = 1e-6
 ADAM_NOISE = {"rtol": 2e-2, "atol": 5e-4}
-PARAMS_AFTER_GRPO = {"rtol": 0.0, "atol": 8 * 2 * GRPO_LR}
+PARAMS_AFTER_GRPO = {"rtol": 0.0, "atol": 8 * 2 * GRPO_LR}  # the RL phase's own movement, params - ref_params
+# The warm start's 4 Adam steps at lr 1e-3 (grpo_shapes.py:test) move an entry whose gradient is below Adam's eps
+# (e.g. 1e-9 after clipping) by its rounding noise / eps, up to lr per step: the frozen reference (the params at
+# the end of SFT) agrees to that bound. Measured: 1.8e-5 on one key-bias entry of a low RoPE frequency.
+SFT_ADAM_NOISE = {"rtol": 0.0, "atol": 4 * 1e-3}
 EXACT = {"rtol": 1e-5, "atol": 1e-7}
 
 # The same global job for every run on a 4-device mesh (data=2 x fsdp=2), one checkpoint at the end:
@@ -184,5 +188,12 @@ def test_two_process_run_equals_single_process_run_on_the_same_global_batch(tmp_
   assert host_positions[0] == host_positions[1]  # each host stopped at the same position of its own shard
   state_two, state_one = _saved_state(tmp_path / "two", steps), _saved_state(tmp_path / "one", steps)
   assert int(state_two["step"]) == int(state_one["step"]) == steps
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **params_tolerance), state_two["params"],
-               state_one["params"])
+  if job == "grpo":  # the SFT phase's Adam noise and the RL phase's movement, each to its own bound
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **SFT_ADAM_NOISE), state_two["ref_params"],
+                 state_one["ref_params"])
+    moved = {name: jax.tree.map(np.subtract, state["params"], state["ref_params"])
+             for name, state in (("two", state_two), ("one", state_one))}
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **params_tolerance), moved["two"], moved["one"])
+  else:
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **params_tolerance), state_two["params"],
+                 state_one["params"])

@@ -15,7 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxagents.sparse.layouts import Frame, check_blocks, finalize, identity_frame, q_coord_bounds
+from jaxagents.sparse.layouts import Frame, budget_blocks, check_blocks, finalize, identity_frame, q_coord_bounds
 from kernels_pallas.block_sparse import BlockLayout
 
 
@@ -24,6 +24,11 @@ def check_a_shape_params(fn: str, n_init, n_local) -> None:
     raise ValueError(f"{fn}: `n_init` must be an int >= 0, got {n_init!r}")
   if not isinstance(n_local, int) or n_local < 1:
     raise ValueError(f"{fn}: `n_local` must be an int >= 1 (the window includes the query), got {n_local!r}")
+
+
+def a_shape_budget(n_init: int, n_local: int, block_q: int, block_kv: int) -> int:
+  """Default MAXN: the sink blocks plus the window's blocks for a whole query block."""
+  return -(-n_init // block_kv) + budget_blocks(n_local, block_q, block_kv)
 
 
 def a_shape_blocks(frame: Frame, n_init: int, n_local: int) -> tuple[jax.Array, jax.Array]:
@@ -64,13 +69,15 @@ def a_shape(
     n_init: sink tokens at the start (MInference's stream_llm uses e.g. 100).
     n_local: local-window tokens, the query included (>= 1).
     block_q, block_kv: block sizes (MInference: 64 x 64).
-    max_blocks: MAXN (static), default NK; sinks, then the blocks nearest the diagonal, are kept first.
+    max_blocks: MAXN (static), default the sink and window blocks (`a_shape_budget`), at most NK; sinks, then the
+      blocks nearest the diagonal, are kept first.
     batch, num_heads: leading layout dimensions.
     causal: drop blocks with no causally visible pair.
   Returns:
     BlockLayout kv_blocks int32 [batch, num_heads, S / block_q, MAXN].
   """
-  max_blocks = check_blocks("a_shape", seq_len, seq_len, block_q, block_kv, max_blocks)
+  budget = a_shape_budget(n_init, n_local, block_q, block_kv) if isinstance(n_init, int) else None
+  max_blocks = check_blocks("a_shape", seq_len, seq_len, block_q, block_kv, max_blocks, budget)
   check_a_shape_params("a_shape", n_init, n_local)
   frame = identity_frame(batch, num_heads, seq_len, block_q, block_kv, causal)
   mask, score = a_shape_blocks(frame, n_init, n_local)

@@ -13,8 +13,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxagents.sparse.estimate import heads_first
-from jaxagents.sparse.layouts import Frame, causal_blocks, check_blocks, finalize, identity_frame
+from jaxagents.sparse.estimate import check_qk_shapes
+from jaxagents.sparse.layouts import Frame, budget_blocks, causal_blocks, check_blocks, finalize, identity_frame
 from kernels_pallas.block_sparse import BlockLayout
 
 
@@ -23,19 +23,32 @@ def check_topk(fn: str, topk) -> None:
     raise ValueError(f"{fn}: `topk` must be an int >= 1 (key blocks per query block), got {topk!r}")
 
 
+def pooled_scores(q: jax.Array, k: jax.Array, block_q: int, block_kv: int, sm_scale: float) -> jax.Array:
+  """float32 [B, Hq, NQ, NK]: mean(q[block i]) . mean(k[block n]) * sm_scale, from q [B, S, Hq, D] and
+  k [B, T, Hkv, D] in slot order; one read of q and k in their dtype (float32 sums), K never repeated per
+  query head."""
+  batch, q_len, num_q_heads, head_dim = q.shape
+  kv_len, num_kv_heads = k.shape[1], k.shape[2]
+  pooled_q = jnp.mean(q.reshape(batch, q_len // block_q, block_q, num_q_heads, head_dim), axis=2, dtype=jnp.float32)
+  pooled_k = jnp.mean(k.reshape(batch, kv_len // block_kv, block_kv, num_kv_heads, head_dim), axis=2, dtype=jnp.float32)
+  groups = num_q_heads // num_kv_heads
+  pooled_q = pooled_q.reshape(batch, q_len // block_q, num_kv_heads, groups, head_dim)
+  scores = jnp.einsum("bikgd,bnkd->bkgin", pooled_q, pooled_k, precision=jax.lax.Precision.HIGHEST) * sm_scale
+  return scores.reshape(batch, num_q_heads, q_len // block_q, kv_len // block_kv)
+
+
 def block_topk_blocks(
-  q: jax.Array, k: jax.Array, frame: Frame, topk: int, sm_scale: float, allowed: jax.Array | None = None
+  scores: jax.Array, frame: Frame, topk: int, allowed: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
-  """Candidate blocks (bool [B, H, NQ, NK]) and pooled scores; q [B, H, S, D], k [B, H, T, D] in slot order."""
-  batch, heads, num_q_blocks, num_kv_blocks = frame.shape
-  pooled_q = q.astype(jnp.float32).reshape(batch, heads, num_q_blocks, frame.block_q, -1).mean(axis=3)
-  pooled_k = k.astype(jnp.float32).reshape(batch, heads, num_kv_blocks, frame.block_kv, -1).mean(axis=3)
-  scores = jnp.einsum("bhid,bhnd->bhin", pooled_q, pooled_k, precision=jax.lax.Precision.HIGHEST) * sm_scale
+  """Candidate blocks (bool [B, H, NQ, NK]): the top `topk` valid blocks of each row by `scores` [B, H, NQ, NK]."""
   valid = causal_blocks(frame) if allowed is None else causal_blocks(frame) & allowed
-  top_scores, top_ids = jax.lax.top_k(jnp.where(valid, scores, -jnp.inf), min(topk, num_kv_blocks))
-  b, h, i = (x[..., None] for x in jnp.ogrid[:batch, :heads, :num_q_blocks])
-  marks = jnp.zeros(scores.shape, jnp.int32).at[b, h, i, top_ids].add(jnp.isfinite(top_scores).astype(jnp.int32))
-  return marks > 0, scores
+  valid_scores = jnp.where(valid, scores, -jnp.inf)
+  kth = jax.lax.top_k(valid_scores, min(topk, scores.shape[-1]))[0][..., -1:]  # the topk-th largest score
+  # Exactly the top `topk`: every score above the threshold, then ties at it by lower id (top_k's order).
+  above = valid_scores > kth
+  tied = (valid_scores == kth) & jnp.isfinite(kth)
+  room = topk - jnp.sum(above, axis=-1, keepdims=True)
+  return above | (tied & (jnp.cumsum(tied, axis=-1) <= room)), scores
 
 
 @functools.partial(jax.jit, static_argnames=("topk", "block_q", "block_kv", "max_blocks", "causal", "sm_scale"))
@@ -56,16 +69,19 @@ def block_topk(
     q: [B, S, Hq, D]; k: [B, T, Hkv, D] with S == T.
     topk: key blocks kept per query block (MInference: 100), besides the diagonal block.
     block_q, block_kv: pooling / layout block sizes (MInference: 64 x 64).
-    max_blocks: MAXN (static), default NK.
+    max_blocks: MAXN (static), default topk + the blocks of the diagonal (`budget_blocks`), at most NK.
     causal: only causally valid blocks compete.
     sm_scale: default 1 / sqrt(D) (only the ranking matters).
   Returns:
     BlockLayout kv_blocks int32 [B, Hq, S / block_q, MAXN].
   """
-  q_bh, k_bh = heads_first("block_topk", q, k)
-  batch, heads, q_len, head_dim = q_bh.shape
-  max_blocks = check_blocks("block_topk", q_len, k_bh.shape[2], block_q, block_kv, max_blocks)
+  q, k = jnp.asarray(q), jnp.asarray(k)
+  check_qk_shapes("block_topk", q.shape, k.shape)
+  batch, q_len, heads, head_dim = q.shape
+  budget = budget_blocks(topk * block_kv, block_q, block_kv)
+  max_blocks = check_blocks("block_topk", q_len, k.shape[1], block_q, block_kv, max_blocks, budget)
   check_topk("block_topk", topk)
-  frame = identity_frame(batch, heads, q_len, block_q, block_kv, causal)
-  mask, score = block_topk_blocks(q_bh, k_bh, frame, topk, head_dim**-0.5 if sm_scale is None else sm_scale)
+  frame = identity_frame(batch, 1, q_len, block_q, block_kv, causal)
+  scores = pooled_scores(q, k, block_q, block_kv, head_dim**-0.5 if sm_scale is None else sm_scale)
+  mask, score = block_topk_blocks(scores, frame, topk)
   return finalize(frame, mask, score, max_blocks)

@@ -9,9 +9,15 @@ One config entry per query head, in the layer format of `config.py`:
 `params` holds the pattern's parameters (`patterns.PATTERNS`) and optionally `max_blocks` (MAXN, default NK).
 `boundary` "q"/"2d" runs the pattern per query modality / per (query, key) modality pair over the modality
 permutation (`modality.py`), with optional `per_modality` overrides; `score` (the offline search's score) is
-ignored. Heads with equal configs form a group; each group gets its layouts (and permutation) built, then one
-`block_sparse_attention` call (unpermuted heads) or `permuted_sparse_attention` call (grid and boundary heads),
-and the groups' outputs are concatenated back in head order. Prefill only: S == T.
+ignored. Prefill only: S == T.
+
+GQA all the way down. Heads with equal configs form a group. A group's builder sees its query heads together with
+the kv heads they use (K never repeated per query head; when a kv head's query heads are split between groups,
+the group takes all of them and the others get empty rows). All unpermuted groups then share ONE
+`block_sparse_attention` call on the original q, k, v (kv heads as they are; one per-query-head layout, or the
+group's per-kv-head layout when a single group covers every head, so the G query heads of a kv head share their
+K/V loads); each permuted group (grid, boundary) makes one `permuted_sparse_attention` call, which permutes K/V
+once per kv head (`permuted.py`). The outputs are reassembled in head order.
 
 Padding keys (`kv_mask` False, e.g. left padding in a batch) are masked through the kernels' causal positions:
 such a key gets position T, later than every query, so no query sees it and a query that sees nothing else (a
@@ -124,12 +130,15 @@ def build_head_layout(
   block_kv: int = 64,
   causal: bool = True,
   sm_scale: float | None = None,
+  head_weight: np.ndarray | None = None,
 ) -> tuple[Permutation | None, BlockLayout]:
   """Layout (and permutation, None for unpermuted heads) of heads sharing `spec`.
 
-  q: [B, S, G, D], k: [B, T, Gkv, D]; returns a layout [B, G, S / block_q, MAXN].
+  q: [B, S, G, D], k: [B, T, Gkv, D] (G a multiple of Gkv); returns a layout [B, G or Gkv, S / block_q, MAXN] and
+  a permutation [B, Gkv or 1, N]. `head_weight` [G] (0 or 1) marks the query heads the spec serves (grid search).
   """
   batch, seq_len, heads, _ = q.shape
+  kv_heads = k.shape[2]
   params = spec.param_dict
   common = {"block_q": block_q, "block_kv": block_kv, "max_blocks": spec.max_blocks, "causal": causal}
   if spec.boundary != "none":
@@ -149,15 +158,55 @@ def build_head_layout(
       **common,
     )
   if spec.pattern == "grid":
-    return grid(q, k, params["strides"], last_q=params["last_q"], sm_scale=sm_scale, **common)
+    weight = None if head_weight is None else jnp.asarray(head_weight, jnp.float32)
+    return grid(q, k, params["strides"], last_q=params["last_q"], sm_scale=sm_scale, head_weight=weight, **common)
   if spec.pattern == "dense":
     max_blocks = check_blocks("mminference_attention", seq_len, k.shape[1], block_q, block_kv, spec.max_blocks)
-    return None, dense_layout(identity_frame(batch, heads, seq_len, block_q, block_kv, causal), max_blocks)
+    return None, dense_layout(identity_frame(batch, kv_heads, seq_len, block_q, block_kv, causal), max_blocks)
   if spec.pattern == "a_shape":
-    return None, a_shape(seq_len, params["n_init"], params["n_local"], batch=batch, num_heads=heads, **common)
+    return None, a_shape(seq_len, params["n_init"], params["n_local"], batch=batch, num_heads=kv_heads, **common)
   if spec.pattern == "block_topk":
     return None, block_topk(q, k, params["topk"], sm_scale=sm_scale, **common)
   return None, vertical_slash(q, k, sm_scale=sm_scale, **params, **common)
+
+
+def _take_heads(x: jax.Array, heads: np.ndarray | None) -> jax.Array:
+  """x [B, N, H, D] restricted to `heads` (None: all, no copy)."""
+  return x if heads is None else x[:, :, heads]
+
+
+def _per_query_head(layout: BlockLayout, num_q_heads: int) -> BlockLayout:
+  """A per-kv-head layout repeated over each kv head's query heads (no-op for a per-query-head layout)."""
+  if layout.num_heads == num_q_heads:
+    return layout
+  repeat = num_q_heads // layout.num_heads
+  return jax.tree.map(lambda x: jnp.repeat(x, repeat, axis=1), layout)
+
+
+def _rows(layout: BlockLayout, heads, max_blocks: int) -> BlockLayout:
+  """The layout rows of `heads` (axis 1), padded to `max_blocks` by repeating the last entry."""
+  heads = np.atleast_1d(np.asarray(heads))
+  pad = max_blocks - layout.max_blocks
+  blocks = jnp.pad(layout.kv_blocks[:, heads], [(0, 0)] * 3 + [(0, pad)], mode="edge")
+  return BlockLayout(blocks, layout.kv_count[:, heads], layout.block_q, layout.block_kv)
+
+
+def _empty_rows(layout: BlockLayout, keep: np.ndarray) -> BlockLayout:
+  """Rows of the heads where keep [H] is False emptied (count 0, ids 0)."""
+  keep = jnp.asarray(keep)
+  return BlockLayout(
+    jnp.where(keep[None, :, None, None], layout.kv_blocks, 0),
+    jnp.where(keep[None, :, None], layout.kv_count, 0),
+    layout.block_q,
+    layout.block_kv,
+  )
+
+
+def _permutation_rows(perm: Permutation, heads, group_size: int) -> Permutation:
+  """A per-kv-head ([B, Gkv, N]) or shared ([B, 1, N]) permutation as one row per query head of `heads`."""
+  heads = np.asarray(heads)
+  index = np.zeros_like(heads) if perm.q_perm.shape[1] == 1 else heads // group_size
+  return jax.tree.map(lambda x: x[:, index], perm)
 
 
 def mminference_attention(
@@ -240,7 +289,8 @@ def mminference_attention(
 def _dispatch(
   q, k, v, modality_ids, kv_mask, groups, num_modalities, block_q, block_kv, causal, sm_scale, backend, interpret
 ):
-  group_size = q.shape[2] // k.shape[2]
+  num_q_heads, num_kv_heads = q.shape[2], k.shape[2]
+  group_size = num_q_heads // num_kv_heads
   (batch, q_len), kv_len = q.shape[:2], k.shape[1]
   positions, q_est, k_est = {}, q, k
   if kv_mask is not None:
@@ -249,14 +299,17 @@ def _dispatch(
     kv_positions = jnp.where(kv_mask, jnp.arange(kv_len, dtype=jnp.int32), kv_len)
     positions = {"q_positions": q_positions, "kv_positions": kv_positions}
     q_est, k_est = (jnp.where(kv_mask[:, :, None, None], x, 0) for x in (q, k))  # S == T: one mask for both
-  outs, plan = [], []
+  kernel_args = {"causal": causal, "sm_scale": sm_scale, "backend": backend, "interpret": interpret, **positions}
+  outs, plan, unpermuted = [], [], []
   for spec, heads in groups:
-    q_heads = np.array(heads)
-    kv_heads = q_heads // group_size
-    q_g, k_g, v_g = q[:, :, q_heads], k[:, :, kv_heads], v[:, :, kv_heads]
+    kv_heads = sorted({head // group_size for head in heads})
+    full = np.array([kv * group_size + g for kv in kv_heads for g in range(group_size)])  # whole GQA groups
+    member = np.isin(full, heads)
+    take_q = functools.partial(_take_heads, heads=None if len(full) == num_q_heads else full)
+    take_kv = functools.partial(_take_heads, heads=None if len(kv_heads) == num_kv_heads else np.array(kv_heads))
     perm, layout = build_head_layout(
-      q_est[:, :, q_heads],
-      k_est[:, :, kv_heads],
+      take_q(q_est),
+      take_kv(k_est),
       spec,
       modality_ids,
       num_modalities=num_modalities,
@@ -264,12 +317,33 @@ def _dispatch(
       block_kv=block_kv,
       causal=causal,
       sm_scale=sm_scale,
+      head_weight=member.astype(np.float32),
     )
-    kernel_args = {"causal": causal, "sm_scale": sm_scale, "backend": backend, "interpret": interpret, **positions}
+    members = np.flatnonzero(member)
     if perm is None:
-      outs.append(block_sparse_attention(q_g, k_g, v_g, layout, **kernel_args))
+      unpermuted.append((full, member, layout))
     else:
-      outs.append(permuted_sparse_attention(q_g, k_g, v_g, perm, layout, **kernel_args))
-    plan.append(HeadGroup(heads, spec, perm, layout))
-  order = np.argsort(np.concatenate([group.heads for group in plan]))
-  return jnp.concatenate(outs, axis=2)[:, :, order], plan
+      run_layout = layout if member.all() else _empty_rows(_per_query_head(layout, len(full)), member)
+      out = permuted_sparse_attention(take_q(q), take_kv(k), take_kv(v), perm, run_layout, **kernel_args)
+      outs.append((full[members], out[:, :, members]))
+    group_layout = _rows(_per_query_head(layout, len(full)), members, layout.max_blocks)
+    group_perm = None if perm is None else _permutation_rows(perm, members, group_size)
+    plan.append(HeadGroup(heads, spec, group_perm, group_layout))
+  if unpermuted:
+    if len(unpermuted) == 1 and unpermuted[0][1].all() and len(unpermuted[0][0]) == num_q_heads:
+      layout = unpermuted[0][2]  # one group over every head: its own (possibly per-kv-head) layout
+    else:  # one per-query-head layout over all heads; the rows of heads served elsewhere are empty
+      max_blocks = max(layout.max_blocks for _, _, layout in unpermuted)
+      source = {}
+      for full, member, layout in unpermuted:
+        for index in np.flatnonzero(member):
+          source[int(full[index])] = (_per_query_head(layout, len(full)), index)
+      empty = BlockLayout(jnp.zeros((batch, 1, q_len // block_q, max_blocks), jnp.int32),
+                          jnp.zeros((batch, 1, q_len // block_q), jnp.int32), block_q, block_kv)
+      rows = [_rows(*source[head], max_blocks) if head in source else empty for head in range(num_q_heads)]
+      layout = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *rows)
+    out = block_sparse_attention(q, k, v, layout, **kernel_args)
+    served = np.concatenate([full[member] for full, member, _ in unpermuted])
+    outs.append((served, out[:, :, served]))
+  order = np.argsort(np.concatenate([heads for heads, _ in outs]))
+  return jnp.concatenate([out for _, out in outs], axis=2)[:, :, order], plan

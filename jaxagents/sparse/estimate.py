@@ -1,15 +1,20 @@
-"""The "Last Q" estimate shared by the vertical-slash and grid builders (MMInference,
-arXiv 2504.16083, "Last Q" estimation; MInference `minference/modules/minference_forward.py`, `last_q = 64`):
+"""The "Last Q" estimate shared by the vertical-slash and grid builders (MMInference, arXiv 2504.16083, "Last Q"
+estimation; MInference `minference/modules/minference_forward.py`, `last_q = 64`, whose
+`qk = einsum(q[:, :, -last_q:], k)` runs in the model dtype and whose softmax runs in float32):
 
-    A_hat = softmax(Q[rows] K^T * sm_scale + causal(original positions))      [B, H, R, T]
+    A_hat = softmax(Q[rows] K^T * sm_scale + causal(original positions))      [B, Hq, R, T]
 
-computed in float32 at HIGHEST precision, per query head (K repeated over each GQA group, as MInference does).
+Memory traffic is what long prefills pay for, so the estimate is built to be read as few times as possible:
+  * the logits come from one GQA matmul over the **kv heads** (query heads grouped [B, Hkv, G, R, D], K never
+    repeated), in the input dtype with float32 accumulation, as MInference does;
+  * the softmax statistics (row max and row sum of exponentials) come from one pass over the logits, a
+    variadic reduction carrying (max, sum) pairs (the online softmax of Milakov & Gimelshein, arXiv 1805.02867);
+  * A_hat is stored once and read by two passes: the column (vertical) sums, and the diagonal (slash) sums as R
+    shifted adds of its rows instead of a scatter (`line_sums`).
 """
 
 import jax
 import jax.numpy as jnp
-
-from jaxagents.sparse.layouts import Frame
 
 LAST_Q = 64  # MInference's default number of estimation rows
 
@@ -26,33 +31,86 @@ def check_qk_shapes(fn: str, q_shape, k_shape) -> None:
     )
 
 
-def heads_first(fn: str, q: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """q [B, S, Hq, D], k [B, T, Hkv, D] -> (q [B, Hq, S, D], k [B, Hq, T, D]) with k repeated per query head."""
-  q, k = jnp.asarray(q), jnp.asarray(k)
-  check_qk_shapes(fn, q.shape, k.shape)
-  k = jnp.repeat(k, q.shape[2] // k.shape[2], axis=2)
-  return jnp.swapaxes(q, 1, 2), jnp.swapaxes(k, 1, 2)
+def check_last_q(fn: str, last_q, q_len: int) -> None:
+  if not isinstance(last_q, int) or not 1 <= last_q <= q_len:
+    raise ValueError(f"{fn}: `last_q` must be an int in [1, S={q_len}], got {last_q!r}")
 
 
 def estimation_rows(segment_end: jax.Array, last_q: int, q_len: int) -> jax.Array:
-  """int32 [B, H, R]: the `last_q` query slots ending at segment_end [B, H] (clamped into [0, S))."""
+  """int32 [..., R]: the `last_q` consecutive query slots ending at segment_end [...] (clamped into [0, S))."""
   start = jnp.clip(segment_end - last_q, 0, q_len - last_q)
   return (start[..., None] + jnp.arange(last_q)).astype(jnp.int32)
 
 
-def attention_estimate(q: jax.Array, k: jax.Array, rows: jax.Array, frame: Frame, sm_scale: float) -> jax.Array:
-  """A_hat float32 [B, H, R, T] for the query slots `rows` [B, H, R]; q [B, H, S, D], k [B, H, T, D]."""
-  q_rows = jnp.take_along_axis(q, rows[..., None], axis=2).astype(jnp.float32)
-  logits = jnp.einsum(
-    "bhrd,bhtd->bhrt", q_rows, k.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST
-  ) * jnp.float32(sm_scale)
-  if frame.causal:
-    row_positions = jnp.take_along_axis(frame.q_positions, rows, axis=-1)
-    logits = jnp.where(frame.kv_positions[..., None, :] <= row_positions[..., None], logits, -jnp.inf)
-  # Every row sees at least its own token, so no row is all -inf.
-  return jax.nn.softmax(logits, axis=-1)
+def estimate_logits(q: jax.Array, k: jax.Array, rows: jax.Array) -> jax.Array:
+  """Unscaled logits q[rows] k^T per query head, float32 [B, Hq, R, T] from inputs in their own dtype.
+
+  q: [B, S, Hq, D] (slot order); k: [B, T, Hkv, D]; rows: int [B, R], query slots shared by every head.
+  """
+  batch, _, num_q_heads, head_dim = q.shape
+  num_kv_heads = k.shape[2]
+  q_rows = jnp.take_along_axis(q, rows[:, :, None, None], axis=1)  # [B, R, Hq, D]
+  q_rows = q_rows.reshape(batch, rows.shape[1], num_kv_heads, num_q_heads // num_kv_heads, head_dim)
+  precision = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
+  logits = jnp.einsum("brkgd,btkd->bkgrt", q_rows, k, precision=precision, preferred_element_type=jnp.float32)
+  return logits.reshape(batch, num_q_heads, rows.shape[1], k.shape[1])
 
 
-def check_last_q(fn: str, last_q, q_len: int) -> None:
-  if not isinstance(last_q, int) or not 1 <= last_q <= q_len:
-    raise ValueError(f"{fn}: `last_q` must be an int in [1, S={q_len}], got {last_q!r}")
+def _online_softmax_pair(a, b):
+  """Combines (max, sum of exp(x - max)) pairs; a pair with max -inf contributes nothing."""
+  (m_a, s_a), (m_b, s_b) = a, b
+  m = jnp.maximum(m_a, m_b)
+  scale = lambda m_x, s_x: jnp.where(m_x == -jnp.inf, 0.0, s_x * jnp.exp(m_x - m))  # noqa: E731
+  return m, scale(m_a, s_a) + scale(m_b, s_b)
+
+
+class Estimate:
+  """A_hat = softmax over visible keys of `scale * logits`, evaluated lazily (see the module docstring).
+
+  Attributes:
+    logits: [B, H, R, T] unscaled logits (input dtype).
+    visible: bool, broadcastable to [B, H, R, T] (causality by original positions).
+    scale: sm_scale.
+    row_max, row_sum: float32 [B, H, R], the softmax statistics of the scaled, masked logits.
+  """
+
+  def __init__(self, logits: jax.Array, visible: jax.Array, scale: float):
+    self.logits, self.visible, self.scale = logits, visible, float(scale)
+    scaled = self._scaled()
+    ones = jnp.ones(scaled.shape, jnp.float32)
+    self.row_max, self.row_sum = jax.lax.reduce(
+      (scaled, ones), (jnp.float32(-jnp.inf), jnp.float32(0.0)), _online_softmax_pair, (scaled.ndim - 1,)
+    )
+
+  def _scaled(self) -> jax.Array:
+    scaled = self.logits.astype(jnp.float32) * jnp.float32(self.scale)
+    return jnp.where(self.visible, scaled, -jnp.inf)
+
+  def probabilities(self) -> jax.Array:
+    """float32 [B, H, R, T]; every row sees at least its own token, so no row is empty."""
+    return jnp.exp(self._scaled() - self.row_max[..., None]) / self.row_sum[..., None]
+
+
+def line_sums(
+  estimate: Estimate, row_weight: jax.Array | None = None, key_ok: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+  """(column, diagonal) sums of A_hat.
+
+  column float32 [B, H, T]: sum_r row_weight[r] A_hat[r, t] (MInference's vertical sums).
+  diagonal float32 [B, H, T + R - 1]: diagonal[u + R - 1] = sum_r row_weight[r] A_hat[r, u + r], u in (-R, T).
+  For rows at consecutive key-slot coordinates c_r = c_0 + r, the slash sum of offset o = c_r - t is
+  diagonal[c_0 - o + R - 1]: R shifted adds of the rows (one loop fusion) instead of a scatter.
+  """
+  probs = estimate.probabilities()
+  if row_weight is not None:
+    probs = probs * row_weight[..., None]
+  if key_ok is not None:  # [..., T]: only these keys count (a modality sub-block)
+    probs = jnp.where(key_ok[..., None, :], probs, 0.0)
+  num_rows = probs.shape[-2]
+  column = jnp.sum(probs, axis=-2)
+  lead = [(0, 0)] * (probs.ndim - 2)
+  diagonal = None
+  for r in range(num_rows):
+    shifted = jnp.pad(probs[..., r, :], lead + [(num_rows - 1 - r, r)])
+    diagonal = shifted if diagonal is None else diagonal + shifted
+  return column, diagonal

@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxagents.sparse.estimate import LAST_Q, attention_estimate, check_last_q, estimation_rows, heads_first
-from jaxagents.sparse.layouts import Frame, check_blocks, finalize, identity_frame, permuted_frame
+from jaxagents.sparse.estimate import LAST_Q, Estimate, check_last_q, check_qk_shapes, estimate_logits
+from jaxagents.sparse.layouts import Frame, budget_blocks, check_blocks, finalize, permuted_frame
 from jaxagents.sparse.permutation import Permutation, invert
 from kernels_pallas.block_sparse import BlockLayout
 
@@ -74,31 +74,75 @@ def _grid_mass(residues: jax.Array, own: jax.Array) -> jax.Array:
   return union.mean(axis=-2)
 
 
-def _search(q_bh, k_bh, strides, last_q, causal, sm_scale):
-  batch, heads, seq_len, head_dim = q_bh.shape
-  frame = identity_frame(batch, heads, seq_len, 1, 1, causal)
-  rows = estimation_rows(jnp.full((batch, heads), seq_len), last_q, seq_len)
-  probs = attention_estimate(q_bh, k_bh, rows, frame, head_dim**-0.5 if sm_scale is None else sm_scale)
+def _own_residue_mass(estimate: Estimate, row_positions, stride: int) -> jax.Array:
+  """float32 [B, H, R]: sum of A_hat[r, t] over the keys t = row_positions[r] (mod stride), read from the
+  logits by a strided gather (T / stride keys per row, not a pass over the estimate)."""
+  num_rows, kv_len = estimate.logits.shape[-2:]
+  steps = -(-kv_len // stride)
+  base = (row_positions % stride)[:, None]  # [R, 1]
+  keys = base + stride * jnp.arange(steps)  # [R, steps]
+  inside = keys < kv_len
+  keys = jnp.minimum(keys, kv_len - 1)
+  logits = jnp.take_along_axis(estimate.logits, jnp.broadcast_to(keys, (*estimate.logits.shape[:-2], *keys.shape)), -1)
+  visible = jnp.take_along_axis(
+    jnp.broadcast_to(estimate.visible, (1, 1, num_rows, kv_len)).astype(bool), keys[None, None], axis=-1
+  )
+  scaled = jnp.where(visible & inside, logits.astype(jnp.float32) * estimate.scale, -jnp.inf)
+  return jnp.sum(jnp.exp(scaled - estimate.row_max[..., None]), axis=-1) / estimate.row_sum
+
+
+def _search(q, k, strides, last_q, causal, sm_scale, head_weight=None):
+  """Stride/phase per kv head from the per-query-head estimates (their excesses averaged over the group)."""
+  batch, seq_len, num_q_heads, head_dim = q.shape
+  num_kv_heads = k.shape[2]
   row_positions = jnp.arange(seq_len - last_q, seq_len)
-  visible = jnp.arange(seq_len) <= row_positions[:, None] if causal else jnp.ones((last_q, seq_len), bool)
-  uniform = visible / jnp.sum(visible, axis=-1, keepdims=True)
+  rows = jnp.broadcast_to(row_positions.astype(jnp.int32), (batch, last_q))
+  visible = (jnp.arange(seq_len) <= row_positions[:, None])[None, None] if causal else jnp.bool_(True)
+  estimate = Estimate(estimate_logits(q, k, rows), visible, head_dim**-0.5 if sm_scale is None else sm_scale)
+  vertical = jnp.sum(estimate.probabilities(), axis=-2)  # [B, Hq, T]
+  uniform_visible = jnp.arange(seq_len) <= row_positions[:, None] if causal else jnp.ones((last_q, seq_len), bool)
+  uniform = uniform_visible / jnp.sum(uniform_visible, axis=-1, keepdims=True)
   widest = max(strides)
   excess = []
   for stride in strides:
     own = row_positions % stride
-    found = _grid_mass(_residue_sums(probs, stride), own) - _grid_mass(_residue_sums(uniform, stride), own)
+    # mass(s, p) = mean_r (M[r, p] + [p != c_r] M[r, c_r]) (module docstring) from the column sums and each row's
+    # own-residue mass: sum_r M[r, p] = residue sum p of the column sums.
+    own_mass = _own_residue_mass(estimate, row_positions, stride)  # [B, Hq, R]
+    per_phase = _residue_sums(vertical, stride) + jnp.sum(own_mass, axis=-1, keepdims=True)
+    per_phase -= jnp.sum(jnp.where(own[:, None] == jnp.arange(stride), own_mass[..., None], 0.0), axis=-2)
+    found = per_phase / last_q - _grid_mass(_residue_sums(uniform, stride), own)
     excess.append(jnp.pad(found, [(0, 0), (0, 0), (0, widest - stride)], constant_values=-jnp.inf))
-  excess = jnp.stack(excess, axis=2)  # [B, H, n, widest]
-  best = jnp.argmax(excess.reshape(batch, heads, -1), axis=-1)
+  excess = jnp.stack(excess, axis=2)  # [B, Hq, n, widest]
+  groups = num_q_heads // num_kv_heads
+  weight = jnp.ones((num_q_heads,)) if head_weight is None else jnp.asarray(head_weight, jnp.float32)
+  grouped = excess.reshape(batch, num_kv_heads, groups, *excess.shape[2:])
+  group_weight = weight.reshape(num_kv_heads, groups)[None, :, :, None, None]
+  finite = jnp.isfinite(grouped)
+  kv_excess = jnp.sum(jnp.where(finite, grouped, 0.0) * group_weight, axis=2) / jnp.maximum(
+    jnp.sum(group_weight, axis=2), 1e-9
+  )
+  kv_excess = jnp.where(finite[:, :, 0], kv_excess, -jnp.inf)  # [B, Hkv, n, widest]
+  best = jnp.argmax(kv_excess.reshape(batch, num_kv_heads, -1), axis=-1)
   stride = jnp.asarray(np.array(strides, np.int32))[best // widest]
-  return stride, (best % widest).astype(jnp.int32), excess
+  return stride, (best % widest).astype(jnp.int32), kv_excess
 
 
 def _checked(fn, q, k, strides, last_q, block_q=1, block_kv=1, max_blocks=None):
-  q_bh, k_bh = heads_first(fn, q, k)
-  max_blocks = check_blocks(fn, q_bh.shape[2], k_bh.shape[2], block_q, block_kv, max_blocks)
-  check_last_q(fn, last_q, q_bh.shape[2])
-  return q_bh, k_bh, check_strides(fn, strides, q_bh.shape[2]), max_blocks
+  q, k = jnp.asarray(q), jnp.asarray(k)
+  check_qk_shapes(fn, q.shape, k.shape)
+  strides = check_strides(fn, strides, q.shape[1])
+  budget = grid_budget(q.shape[1], strides, block_q, block_kv)
+  max_blocks = check_blocks(fn, q.shape[1], k.shape[1], block_q, block_kv, max_blocks, budget)
+  check_last_q(fn, last_q, q.shape[1])
+  return q, k, strides, max_blocks
+
+
+def grid_budget(seq_len: int, strides, block_q: int, block_kv: int) -> int:
+  """Default MAXN: the band (phase-0 group) and the query block's own group(s), each up to S / min(strides)
+  tokens, plus the block's own key blocks."""
+  group = -(-seq_len // min(strides))
+  return budget_blocks(2 * group + 2 * block_kv, block_q, block_kv)
 
 
 def grid_search(
@@ -119,16 +163,18 @@ def grid_search(
     causal: causal estimate.
     sm_scale: default 1 / sqrt(D).
   Returns:
-    stride int32 [B, Hq], phase int32 [B, Hq] (in [0, stride)), excess float32 [B, Hq, len(strides),
-    max(strides)] (-inf past each stride's phases). Ties go to the earlier stride, then the lower phase.
+    stride int32 [B, Hkv], phase int32 [B, Hkv] (in [0, stride)), excess float32 [B, Hkv, len(strides),
+    max(strides)] (-inf past each stride's phases), one search per kv head: the excesses of its query heads are
+    averaged, so the query heads of a GQA group share one permutation and their K/V are permuted once. Ties go
+    to the earlier stride, then the lower phase.
   """
   return _grid_search(q, k, _hashable(strides), last_q, causal, sm_scale)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
 def _grid_search(q, k, strides, last_q, causal, sm_scale):
-  q_bh, k_bh, strides, _ = _checked("grid_search", q, k, strides, last_q)
-  return _search(q_bh, k_bh, strides, last_q, causal, sm_scale)
+  q, k, strides, _ = _checked("grid_search", q, k, strides, last_q)
+  return _search(q, k, strides, last_q, causal, sm_scale)
 
 
 @functools.partial(jax.jit, static_argnames=("seq_len",))
@@ -165,6 +211,7 @@ def grid(
   max_blocks: int | None = None,
   causal: bool = True,
   sm_scale: float | None = None,
+  head_weight: jax.Array | None = None,
 ) -> tuple[Permutation, BlockLayout]:
   """Grid head: search, permutation and layout (steps 1-4 above; steps 2-3 are reconstructions).
 
@@ -173,20 +220,22 @@ def grid(
     strides: static candidate strides.
     last_q: estimation rows.
     block_q, block_kv: block sizes of the layout over the permuted tokens.
-    max_blocks: MAXN (static), default NK; the diagonal block, the band, then the staircase blocks nearest
-      the diagonal are kept.
+    max_blocks: MAXN (static), default `grid_budget` (band + own group at the smallest stride), at most NK; the
+      diagonal block, the band, then the staircase blocks nearest the diagonal are kept.
+    head_weight: optional float [Hq], 0 drops a query head from its group's search (heads of another pattern).
   Returns:
-    (Permutation with q_perm = kv_perm int32 [B, Hq, S], BlockLayout kv_blocks int32 [B, Hq, S / block_q, MAXN]
-    over the permuted tokens). Run it with `permuted_sparse_attention`.
+    (Permutation with q_perm = kv_perm int32 [B, Hkv, S], BlockLayout kv_blocks int32 [B, Hkv, S / block_q, MAXN]
+    over the permuted tokens), one per kv head: the query heads of a group share them. Run it with
+    `permuted_sparse_attention`.
   """
-  return _grid(q, k, _hashable(strides), last_q, block_q, block_kv, max_blocks, causal, sm_scale)
+  return _grid(q, k, _hashable(strides), last_q, block_q, block_kv, max_blocks, causal, sm_scale, head_weight)
 
 
 @functools.partial(jax.jit, static_argnums=tuple(range(2, 9)))
-def _grid(q, k, strides, last_q, block_q, block_kv, max_blocks, causal, sm_scale):
-  q_bh, k_bh, strides, max_blocks = _checked("grid", q, k, strides, last_q, block_q, block_kv, max_blocks)
-  stride, phase, _ = _search(q_bh, k_bh, strides, last_q, causal, sm_scale)
-  perm = grid_permutation(stride, phase, q_bh.shape[2])
-  frame = permuted_frame(perm, block_q, block_kv, causal)
+def _grid(q, k, strides, last_q, block_q, block_kv, max_blocks, causal, sm_scale, head_weight=None):
+  q, k, strides, max_blocks = _checked("grid", q, k, strides, last_q, block_q, block_kv, max_blocks)
+  stride, phase, _ = _search(q, k, strides, last_q, causal, sm_scale, head_weight)
+  perm = grid_permutation(stride, phase, q.shape[1])
+  frame = permuted_frame(perm, block_q, block_kv, causal, shared=True)
   mask, score = grid_blocks(frame, stride, phase)
   return perm, finalize(frame, mask, score, max_blocks)

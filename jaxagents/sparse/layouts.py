@@ -17,8 +17,10 @@ Every layout a builder returns satisfies (`finalize`):
   * no empty rows: the key blocks holding each query's own token ("diagonal" blocks) are always listed, ahead
     of every other block when MAXN forces a choice; with equal block sizes and a shared permutation that is
     exactly one block per row, so MAXN >= 1 suffices. Ties are broken towards lower block ids.
-Intermediates are [B, H, NQ, NK] block arrays: O((S / block)^2) memory per head, fine up to ~256k tokens with
-64-token blocks; MInference's CUDA index builder avoids them and would be the next step for 1M tokens.
+Intermediates are [B, H, NQ, NK] block arrays, each built by one fused elementwise pass (prefix sums instead of
+scatter-adds, `offset_blocks`) and read by one `top_k` per row (`select_blocks`): O((S / block)^2) memory per head,
+fine up to ~256k tokens with 64-token blocks; MInference's CUDA index builder avoids them and would be the next
+step for 1M tokens. MAXN defaults to the pattern's budget of key blocks (`budget_blocks`), not NK.
 """
 
 import dataclasses
@@ -40,6 +42,9 @@ class Frame:
     q_coords: int32 [B, H, S], key slot of the query's own token (pattern coordinates).
     block_q, block_kv: tokens per query / key block.
     causal: whether keys after the query (by original position) are masked.
+    slot_coords: static; True when q_coords[s] == s (no permutation, or one shared by queries and keys), so the
+      own-token key blocks of query block i are the contiguous range holding its slots (no scatter needed).
+  Arrays may have H = 1 (shared by every head); the builders broadcast.
   """
 
   q_positions: jax.Array
@@ -48,6 +53,7 @@ class Frame:
   block_q: int
   block_kv: int
   causal: bool
+  slot_coords: bool = False
 
   @property
   def shape(self) -> tuple[int, int, int, int]:
@@ -56,30 +62,45 @@ class Frame:
     return batch, heads, q_len // self.block_q, self.kv_positions.shape[-1] // self.block_kv
 
 
-def check_blocks(fn: str, q_len: int, kv_len: int, block_q: int, block_kv: int, max_blocks: int | None) -> int:
-  """Validates the static sizes shared by every builder; returns MAXN (default NK = kv_len / block_kv)."""
+def check_blocks(
+  fn: str, q_len: int, kv_len: int, block_q: int, block_kv: int, max_blocks: int | None, budget: int | None = None
+) -> int:
+  """Validates the static sizes shared by every builder; returns MAXN: `max_blocks`, else the pattern's `budget`
+  (key blocks a query block can need, `budget_blocks`), else NK = kv_len / block_kv; never more than NK by
+  default."""
   if q_len != kv_len:
     raise ValueError(f"{fn}: the builders cover self-attention prefill, S == T, got S={q_len}, T={kv_len}")
   for name, size, length in (("block_q", block_q, q_len), ("block_kv", block_kv, kv_len)):
     if not isinstance(size, int) or size <= 0 or length % size:
       raise ValueError(f"{fn}: `{name}` must be a positive int dividing the sequence length {length}, got {size!r}")
   num_kv_blocks = kv_len // block_kv
-  max_blocks = num_kv_blocks if max_blocks is None else max_blocks
+  if max_blocks is None:
+    max_blocks = num_kv_blocks if budget is None else max(1, min(budget, num_kv_blocks))
   if not isinstance(max_blocks, int) or max_blocks < 1:
     raise ValueError(f"{fn}: `max_blocks` (MAXN) must be an int >= 1, got {max_blocks!r}")
   return max_blocks
 
 
+def budget_blocks(key_tokens: int, block_q: int, block_kv: int) -> int:
+  """MAXN for a pattern that gives each query `key_tokens` keys besides its own: those keys' blocks, plus the key
+  blocks a query block's own tokens span (a superset bound when the keys of one query block are contiguous)."""
+  return -(-key_tokens // block_kv) + -(-block_q // block_kv) + 1
+
+
 def identity_frame(batch: int, num_heads: int, seq_len: int, block_q: int, block_kv: int, causal: bool) -> Frame:
   """Frame of unpermuted tokens: positions and coordinates are arange(S)."""
   positions = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, num_heads, seq_len))
-  return Frame(positions, positions, positions, block_q, block_kv, causal)
+  return Frame(positions, positions, positions, block_q, block_kv, causal, slot_coords=True)
 
 
-def permuted_frame(perm: Permutation, block_q: int, block_kv: int, causal: bool) -> Frame:
-  """Frame of tokens in `perm`'s slot order (S == T): q_coords[s] = kv_inverse[q_perm[s]]."""
-  q_coords = jnp.take_along_axis(perm.kv_inverse, perm.q_perm, axis=-1)
-  return Frame(perm.q_perm, perm.kv_perm, q_coords, block_q, block_kv, causal)
+def permuted_frame(perm: Permutation, block_q: int, block_kv: int, causal: bool, *, shared: bool = False) -> Frame:
+  """Frame of tokens in `perm`'s slot order (S == T): q_coords[s] = kv_inverse[q_perm[s]]; `shared` (static): q
+  and kv share the permutation, so q_coords = arange(S)."""
+  if shared:
+    q_coords = jnp.broadcast_to(jnp.arange(perm.q_perm.shape[-1], dtype=jnp.int32), perm.q_perm.shape)
+  else:
+    q_coords = jnp.take_along_axis(perm.kv_inverse, perm.q_perm, axis=-1)
+  return Frame(perm.q_perm, perm.kv_perm, q_coords, block_q, block_kv, causal, slot_coords=shared)
 
 
 def _per_block(x: jax.Array, block: int, reduce) -> jax.Array:
@@ -105,6 +126,11 @@ def causal_blocks(frame: Frame) -> jax.Array:
 def diagonal_blocks(frame: Frame) -> jax.Array:
   """bool [B, H, NQ, NK]: key blocks holding the own token of some query of the block (always visible)."""
   batch, heads, num_q_blocks, num_kv_blocks = frame.shape
+  if frame.slot_coords:  # own tokens = the block's slots: a contiguous run of key blocks
+    first = jnp.arange(num_q_blocks) * frame.block_q // frame.block_kv
+    last = ((jnp.arange(num_q_blocks) + 1) * frame.block_q - 1) // frame.block_kv
+    n = jnp.arange(num_kv_blocks)
+    return jnp.broadcast_to((n >= first[:, None]) & (n <= last[:, None]), (batch, heads, num_q_blocks, num_kv_blocks))
   q_len = frame.q_coords.shape[-1]
   b, h = jnp.ogrid[:batch, :heads]
   q_block = jnp.arange(q_len) // frame.block_q
@@ -113,49 +139,64 @@ def diagonal_blocks(frame: Frame) -> jax.Array:
   return marks > 0
 
 
-def range_blocks(token_lo, token_hi, valid, weight, num_kv_blocks: int, block_kv: int):
-  """Marks, per query block, the key blocks covered by K inclusive key-slot ranges (a difference array).
+def offset_blocks(frame: Frame, offset_weight: jax.Array, offset_count: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per (query block i, key block n): the summed weight and count of the chosen offsets o whose keys
+  [lo_i - o, hi_i - o] (the block's coordinate span shifted by o; `q_coord_bounds`) meet key block n, i.e.
+  lo_i - (n + 1) block_kv < o <= hi_i - n block_kv. Prefix sums over the offsets make each pair O(1): one fused
+  elementwise pass over [B, H, NQ, NK], no scatter (MInference's merged `block_offset` ranges of
+  `csrc/vertical_slash_index.cu`, at block granularity).
 
   Args:
-    token_lo, token_hi: int [B, H, NQ, K] range ends in key slots, already clipped to [0, T).
-    valid: bool [B, H, NQ, K], False = ignore the range.
-    weight: float [B, H, NQ, K], added to the score of every block the range covers.
-    num_kv_blocks, block_kv: NK and its block size.
+    frame: token placement (T keys).
+    offset_weight: float32 [B, H, 2T - 1], weight of offset o = index - (T - 1) (0 where not chosen).
+    offset_count: int32 [B, H, 2T - 1], 1 where chosen.
   Returns:
-    (bool [B, H, NQ, NK] covered, float32 [B, H, NQ, NK] summed weight).
+    (float32 [B, H, NQ, NK] summed weight, int32 [B, H, NQ, NK] count).
   """
-  batch, heads, num_q_blocks, _ = token_lo.shape
-  b, h, i = (x[..., None] for x in jnp.ogrid[:batch, :heads, :num_q_blocks])
-  lo, hi_next = token_lo // block_kv, token_hi // block_kv + 1
-  shape = (batch, heads, num_q_blocks, num_kv_blocks + 1)
-  count = valid.astype(jnp.int32)
-  counts = jnp.zeros(shape, jnp.int32).at[b, h, i, lo].add(count).at[b, h, i, hi_next].add(-count)
-  weight = jnp.where(valid, weight, 0.0).astype(jnp.float32)
-  scores = jnp.zeros(shape, jnp.float32).at[b, h, i, lo].add(weight).at[b, h, i, hi_next].add(-weight)
-  return jnp.cumsum(counts, axis=-1)[..., :-1] > 0, jnp.cumsum(scores, axis=-1)[..., :-1]
+  kv_len = frame.kv_positions.shape[-1]
+  lo, hi = q_coord_bounds(frame)  # [B, H, NQ]
+  starts = jnp.arange(frame.shape[-1]) * frame.block_kv  # [NK]
+  first = jnp.clip(lo[..., None] - starts - frame.block_kv + 1 + kv_len - 1, 0, 2 * kv_len - 1)
+  end = jnp.clip(hi[..., None] - starts + kv_len, 0, 2 * kv_len - 1)  # exclusive
+  prefix = lambda x: jnp.pad(jnp.cumsum(x, axis=-1), [(0, 0)] * (x.ndim - 1) + [(1, 0)])  # noqa: E731
+  weight_prefix, count_prefix = prefix(offset_weight.astype(jnp.float32)), prefix(offset_count.astype(jnp.int32))
+  take = lambda table, index: jnp.take_along_axis(table, index.reshape(*index.shape[:2], -1), axis=-1).reshape(  # noqa: E731
+    index.shape
+  )
+  batch_heads = jnp.broadcast_shapes(first.shape[:2], weight_prefix.shape[:2])
+  first, end = (jnp.broadcast_to(x, (*batch_heads, *x.shape[2:])) for x in (first, end))
+  weight_prefix, count_prefix = (
+    jnp.broadcast_to(x, (*batch_heads, x.shape[-1])) for x in (weight_prefix, count_prefix)
+  )
+  weight = take(weight_prefix, end) - take(weight_prefix, first)
+  count = take(count_prefix, end) - take(count_prefix, first)
+  return jnp.where(end > first, weight, 0.0), jnp.where(end > first, count, 0)
 
 
 def select_blocks(mask, score, must_keep, max_blocks: int, block_q: int, block_kv: int) -> BlockLayout:
   """Keeps at most `max_blocks` listed blocks per row: `must_keep` first, then by descending score, then by id.
 
+  One `top_k` over each row (not a full sort) picks them; only the MAXN kept ids are then sorted.
+
   Args:
     mask: bool [B, H, NQ, NK], candidate blocks.
     score: float [B, H, NQ, NK], priority among candidates (NaN counts as 0).
-    must_keep: bool [B, H, NQ, NK], blocks ranked ahead of all others.
+    must_keep: bool [B, H, NQ, NK], blocks ranked ahead of all others (among themselves by id).
     max_blocks: MAXN (static).
   Returns:
     BlockLayout with kv_blocks int32 [B, H, NQ, MAXN] (sorted, padding repeats the last id).
   """
-  num_kv_blocks = mask.shape[-1]
-  tier = jnp.where(must_keep, 2, jnp.where(mask, 1, 0)).astype(jnp.int32)
+  shape = jnp.broadcast_shapes(mask.shape, score.shape, must_keep.shape)
+  num_kv_blocks = shape[-1]
   score = jnp.nan_to_num(score.astype(jnp.float32), nan=0.0, posinf=3e38, neginf=-3e38)
-  ids = jnp.broadcast_to(jnp.arange(num_kv_blocks, dtype=jnp.int32), mask.shape)
-  neg_tier, _, ranked_ids = jax.lax.sort((-tier, -score, ids), dimension=-1, num_keys=3)
+  key = jnp.where(must_keep, jnp.inf, jnp.where(mask, score, -jnp.inf))
+  key = jnp.broadcast_to(key, shape)
+  top_scores, top_ids = jax.lax.top_k(key, min(max_blocks, num_kv_blocks))  # ties: lower id first
+  chosen = top_scores > -jnp.inf
   if max_blocks > num_kv_blocks:
     pad = [(0, 0)] * 3 + [(0, max_blocks - num_kv_blocks)]
-    neg_tier, ranked_ids = jnp.pad(neg_tier, pad), jnp.pad(ranked_ids, pad)
-  chosen = neg_tier[..., :max_blocks] < 0
-  kept = jnp.sort(jnp.where(chosen, ranked_ids[..., :max_blocks], num_kv_blocks), axis=-1)
+    chosen, top_ids = jnp.pad(chosen, pad), jnp.pad(top_ids, pad)
+  kept = jnp.sort(jnp.where(chosen, top_ids, num_kv_blocks), axis=-1)
   count = jnp.sum(chosen, axis=-1, dtype=jnp.int32)
   last = jnp.take_along_axis(kept, jnp.maximum(count - 1, 0)[..., None], axis=-1)
   # Repeating the last id makes the padding free for the kernels (no new block load is issued).

@@ -27,9 +27,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxagents.sparse.estimate import check_qk_shapes, heads_first
+from jaxagents.sparse.estimate import check_qk_shapes
 from jaxagents.sparse.layouts import check_blocks, finalize, permuted_frame
-from jaxagents.sparse.patterns import check_pattern, pattern_blocks
+from jaxagents.sparse.patterns import check_pattern, pattern_blocks, pattern_budget
 from jaxagents.sparse.permutation import Permutation, invert
 from kernels_pallas.block_sparse import BlockLayout
 
@@ -95,11 +95,13 @@ def boundary_layout(
     num_modalities: M (static).
     per_modality: optional overrides {a: (pattern, params)} for mode "q", {(a, b): (pattern, params)} for "2d".
     block_q, block_kv: block sizes over the permuted tokens.
-    max_blocks: MAXN (static), default NK; diagonal blocks, then the highest scores, are kept.
+    max_blocks: MAXN (static), default the sub-patterns' summed budgets (at most NK); diagonal blocks, then the
+      highest scores, are kept.
     causal: causal estimate and causal-valid blocks (original positions).
     sm_scale: default 1 / sqrt(D).
   Returns:
-    (Permutation [B, Hq, S], BlockLayout kv_blocks int32 [B, Hq, S / block_q, MAXN] over the permuted tokens).
+    (Permutation [B, 1, S] (the same for every head), BlockLayout kv_blocks int32 [B, Hq, S / block_q, MAXN] over
+    the permuted tokens). MAXN defaults to the sum of the sub-patterns' budgets, at most NK.
   """
   fn = "boundary_layout"
   check_qk_shapes(fn, jnp.shape(q), jnp.shape(k))
@@ -125,30 +127,35 @@ def boundary_layout(
   )
 
 
+def _slot_order(x: jax.Array, perm: jax.Array) -> jax.Array:
+  """x [B, N, H, D] in the slot order of perm int [B, N] (one permutation for every head)."""
+  return jnp.take_along_axis(x, perm[:, :, None, None], axis=1)
+
+
 @functools.partial(jax.jit, static_argnums=tuple(range(3, 11)))
 def _boundary_layout(q, k, modality_ids, plans, mode, num_modalities, block_q, block_kv, max_blocks, causal, sm_scale):
   fn = "boundary_layout"
-  q_bh, k_bh = heads_first(fn, q, k)
-  batch, heads, seq_len, head_dim = q_bh.shape
-  max_blocks = check_blocks(fn, seq_len, k_bh.shape[2], block_q, block_kv, max_blocks)
+  q, k = jnp.asarray(q), jnp.asarray(k)
+  batch, seq_len, heads, head_dim = q.shape
+  budget = sum(pattern_budget(pattern, dict(params), seq_len, block_q, block_kv) for _, pattern, params in plans)
+  max_blocks = check_blocks(fn, seq_len, k.shape[1], block_q, block_kv, max_blocks, budget)
   ids = _check_ids(fn, modality_ids, batch, seq_len)
-  perm = modality_permutation(ids, mode, num_heads=heads)
-  q_p = jnp.take_along_axis(q_bh, perm.q_perm[..., None], axis=2)
-  k_p = jnp.take_along_axis(k_bh, perm.kv_perm[..., None], axis=2)
-  frame = permuted_frame(perm, block_q, block_kv, causal)
-  batch_ids = jnp.broadcast_to(ids[:, None, :], (batch, heads, seq_len))
-  q_modality = jnp.take_along_axis(batch_ids, perm.q_perm, axis=-1)
-  kv_modality = jnp.take_along_axis(batch_ids, perm.kv_perm, axis=-1)
-  q_blocks = q_modality.reshape(batch, heads, -1, block_q)
-  kv_blocks = kv_modality.reshape(batch, heads, -1, block_kv)
+  perm = modality_permutation(ids, mode, num_heads=1)  # [B, 1, S]: the same for every head
+  q_p = _slot_order(q, perm.q_perm[:, 0])
+  k_p = _slot_order(k, perm.kv_perm[:, 0]) if mode == "2d" else k
+  frame = permuted_frame(perm, block_q, block_kv, causal, shared=mode == "2d")
+  q_modality = jnp.take_along_axis(ids, perm.q_perm[:, 0], axis=-1)  # [B, S]
+  kv_modality = jnp.take_along_axis(ids, perm.kv_perm[:, 0], axis=-1)
+  q_blocks = q_modality.reshape(batch, -1, block_q)
+  kv_blocks = kv_modality.reshape(batch, -1, block_kv)
   scale = head_dim**-0.5 if sm_scale is None else sm_scale
 
-  mask = jnp.zeros((batch, heads, seq_len // block_q, seq_len // block_kv), bool)
+  mask = jnp.zeros((batch, 1, seq_len // block_q, seq_len // block_kv), bool)
   score = jnp.zeros(mask.shape, jnp.float32)
   for key, sub_pattern, sub_params in plans:
     a, b = (key, None) if mode == "q" else key
-    q_has = jnp.any(q_blocks == a, axis=-1)[..., :, None]  # [B, H, NQ, 1]
-    allowed = q_has if b is None else q_has & jnp.any(kv_blocks == b, axis=-1)[..., None, :]
+    q_has = jnp.any(q_blocks == a, axis=-1)[:, None, :, None]  # [B, 1, NQ, 1]
+    allowed = q_has if b is None else q_has & jnp.any(kv_blocks == b, axis=-1)[:, None, None, :]
     sub_mask, sub_score = pattern_blocks(
       sub_pattern,
       dict(sub_params),
@@ -161,6 +168,9 @@ def _boundary_layout(q, k, modality_ids, plans, mode, num_modalities, block_q, b
       allowed=jnp.broadcast_to(allowed, mask.shape),
       sm_scale=scale,
     )
-    mask |= sub_mask
-    score += jnp.where(sub_mask, sub_score, 0.0)
-  return perm, finalize(frame, mask, score, max_blocks)
+    mask = mask | sub_mask
+    score = score + jnp.where(sub_mask, sub_score, 0.0)
+  layout = finalize(frame, mask, score, max_blocks)
+  if layout.num_heads != heads:  # input-independent sub-patterns only: one layout for every head
+    layout = jax.tree.map(lambda x: jnp.broadcast_to(x, (batch, heads, *x.shape[2:])), layout)
+  return perm, layout

@@ -8,16 +8,19 @@ keys of one modality (pair); the boundary builder (`modality.py`) unions those p
 import jax
 import jax.numpy as jnp
 
-from jaxagents.sparse.a_shape import a_shape_blocks, check_a_shape_params
-from jaxagents.sparse.block_topk import block_topk_blocks, check_topk
-from jaxagents.sparse.estimate import LAST_Q, attention_estimate, check_last_q, estimation_rows
-from jaxagents.sparse.grid import check_strides
-from jaxagents.sparse.layouts import Frame
+from jaxagents.sparse.a_shape import a_shape_blocks, a_shape_budget, check_a_shape_params
+from jaxagents.sparse.block_topk import block_topk_blocks, check_topk, pooled_scores
+from jaxagents.sparse.estimate import LAST_Q, Estimate, check_last_q, estimate_logits, estimation_rows, line_sums
+from jaxagents.sparse.grid import check_strides, grid_budget
+from jaxagents.sparse.layouts import Frame, budget_blocks
 from jaxagents.sparse.vertical_slash import (
   FORCED_COLUMNS,
   FORCED_DIAGONALS,
   check_vertical_slash_params,
+  slash_from_diagonals,
+  slash_from_rows,
   vertical_slash_blocks,
+  vertical_slash_budget,
 )
 
 # pattern -> (required params, optional params with defaults); every pattern also takes `max_blocks`.
@@ -63,6 +66,19 @@ def check_pattern(fn: str, pattern, params, seq_len: int) -> dict:
   return params
 
 
+def pattern_budget(pattern: str, params: dict, seq_len: int, block_q: int, block_kv: int) -> int:
+  """The pattern's default MAXN (key blocks a query block can need); NK for dense."""
+  if pattern == "a_shape":
+    return a_shape_budget(params["n_init"], params["n_local"], block_q, block_kv)
+  if pattern == "vertical_slash":
+    return vertical_slash_budget(params["v_size"], params["s_size"], block_q, block_kv)
+  if pattern == "block_topk":
+    return budget_blocks(params["topk"] * block_kv, block_q, block_kv)
+  if pattern == "grid":
+    return grid_budget(seq_len, params["strides"], block_q, block_kv)
+  return seq_len // block_kv
+
+
 def pattern_blocks(
   pattern: str,
   params: dict,
@@ -80,12 +96,12 @@ def pattern_blocks(
 
   Args:
     pattern, params: a checked entry of PATTERNS (not 'grid').
-    q: [B, H, S, D], k: [B, H, T, D] in slot order.
-    frame: token placement.
-    segment_end: int [B, H], exclusive end slot of the rows whose last `last_q` queries are the estimate.
-    q_ok: bool [B, H, S], query slots the pattern serves (estimation rows outside it are ignored).
-    key_ok: bool [B, H, T] or None, keys the pattern may pick (vertical-slash sums).
-    allowed: bool [B, H, NQ, NK], block region of the pattern (a modality sub-block).
+    q: [B, S, Hq, D], k: [B, T, Hkv, D] in slot order.
+    frame: token placement, arrays [B, 1, N] (shared by every head).
+    segment_end: int [B], exclusive end slot of the rows whose last `last_q` queries are the estimate.
+    q_ok: bool [B, S], query slots the pattern serves (estimation rows outside it are ignored).
+    key_ok: bool [B, T] or None, keys the pattern may pick (vertical-slash sums).
+    allowed: bool [B, 1, NQ, NK], block region of the pattern (a modality sub-block).
     sm_scale: score scale of the estimate.
   """
   if pattern == "dense":
@@ -93,18 +109,33 @@ def pattern_blocks(
   elif pattern == "a_shape":
     mask, score = a_shape_blocks(frame, params["n_init"], params["n_local"])
   elif pattern == "block_topk":
-    mask, score = block_topk_blocks(q, k, frame, params["topk"], sm_scale, allowed=allowed)
+    scores = pooled_scores(q, k, frame.block_q, frame.block_kv, sm_scale)
+    mask, score = block_topk_blocks(scores, frame, params["topk"], allowed=allowed)
   elif pattern == "vertical_slash":
-    rows = estimation_rows(segment_end, params["last_q"], q.shape[2])
-    probs = attention_estimate(q, k, rows, frame, sm_scale)
+    last_q = params["last_q"]
+    rows = estimation_rows(segment_end, last_q, q.shape[1])  # [B, R]
+    row_positions = jnp.take_along_axis(frame.q_positions[:, 0], rows, axis=-1)
+    visible = frame.kv_positions[:, :, None, :] <= row_positions[:, None, :, None] if frame.causal else True
+    estimate = Estimate(estimate_logits(q, k, rows), jnp.asarray(visible), sm_scale)
+    row_weight = jnp.take_along_axis(q_ok, rows, axis=-1).astype(jnp.float32)[:, None]  # [B, 1, R]
+    key_mask = None if key_ok is None else key_ok[:, None]
+    if frame.slot_coords:  # consecutive rows at consecutive coordinates: shifted adds
+      vertical, diagonal = line_sums(estimate, row_weight, key_mask)
+      slash = slash_from_diagonals(diagonal, rows[:, None, 0], last_q)
+    else:
+      probs = estimate.probabilities() * row_weight[..., None]
+      if key_mask is not None:
+        probs = jnp.where(key_mask[..., None, :], probs, 0.0)
+      vertical = jnp.sum(probs, axis=-2)
+      slash = slash_from_rows(probs, jnp.take_along_axis(frame.q_coords[:, 0], rows, axis=-1)[:, None])
     mask, score = vertical_slash_blocks(
-      probs,
-      jnp.take_along_axis(frame.q_coords, rows, axis=-1),
-      jnp.take_along_axis(q_ok, rows, axis=-1).astype(jnp.float32),
+      vertical,
+      slash,
       frame,
       params["v_size"],
       params["s_size"],
-      key_ok=key_ok,
+      num_rows=last_q,
+      key_ok=key_mask,
       n_forced_vertical=params["n_forced_vertical"],
       n_forced_slash=params["n_forced_slash"],
     )

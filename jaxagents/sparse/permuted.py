@@ -4,9 +4,11 @@ permutation -> inverse gather).
 
     out[b, i, h] = kernel(Q[pi_q], K[pi_kv], V[pi_kv]; q_positions = pi_q, kv_positions = pi_kv)[b, pi_q^-1(i), h]
 
-Each (batch, query head) has its own permutation, and the kernel takes one position vector per batch row, so
-heads are folded into the batch: [B, S, H, D] -> [B * H, S, 1, D], with K/V gathered per query head (GQA K/V
-are repeated; the explicit gather trades that memory for simplicity).
+A permutation is per kv head ([B, Hkv, N]: the grid heads' stride/phase is searched per GQA group, so the query
+heads of a group share it) or shared by every head ([B, 1, N]: the modality permutations). Either way K and V are
+gathered once per kv head, never repeated per query head, and queries are gathered with their kv head's
+permutation as one [B, S, Hkv, G * D] array; the kernel then takes the permuted positions per kv head
+([B, Hkv, N]) or shared ([B, 1, N]), with the layout per kv head or per query head. No [B * H, S, 1, D] fold.
 
 Optional `q_positions` / `kv_positions` give the tokens' causal positions in the original order (default
 arange, i.e. the permutation itself); they are gathered through the permutation too. `mminference_attention`
@@ -18,8 +20,18 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxagents.sparse.permutation import Permutation, gather_tokens
+from jaxagents.sparse.permutation import Permutation
 from kernels_pallas.block_sparse import BlockLayout, block_sparse_attention
+
+
+def _gather_groups(x: jax.Array, perm: jax.Array) -> jax.Array:
+  """x [B, N, H, D], perm int [B, P, N] with P in {1, H / G...}: out[b, s, h] = x[b, perm[b, p(h), s], h], where
+  the heads are split into P consecutive groups (p(h) = h // (H / P))."""
+  batch, length, heads, head_dim = x.shape
+  groups = perm.shape[1]
+  grouped = x.reshape(batch, length, groups, (heads // groups) * head_dim)
+  index = jnp.swapaxes(perm, 1, 2)[..., None]  # [B, N, P, 1]
+  return jnp.take_along_axis(grouped, index, axis=1).reshape(x.shape)
 
 
 def permuted_sparse_attention(
@@ -40,8 +52,8 @@ def permuted_sparse_attention(
 
   Args:
     q: [B, S, Hq, D]; k, v: [B, T, Hkv, D], Hq % Hkv == 0, original token order.
-    perm: Permutation with q_perm [B, Hq, S], kv_perm [B, Hq, T].
-    layout: BlockLayout [B, Hq, S / block_q, MAXN] over the permuted tokens.
+    perm: Permutation with q_perm [B, P, S], kv_perm [B, P, T], P = Hkv (one per kv head) or 1 (shared).
+    layout: BlockLayout [B, Hkv or Hq, S / block_q, MAXN] over the permuted tokens.
     causal, sm_scale, backend, interpret: as in `block_sparse_attention`; causality uses original positions.
     q_positions, kv_positions: int [S] or [B, S] / [T] or [B, T] causal positions in the original order
       (default: arange).
@@ -54,18 +66,20 @@ def permuted_sparse_attention(
       "permuted_sparse_attention: `q` must be [B, S, Hq, D] and `k`, `v` [B, T, Hkv, D] with Hkv dividing Hq, "
       f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
     )
-  batch, q_len, heads, head_dim = q.shape
-  kv_len = k.shape[1]
-  expected = {"q_perm": (batch, heads, q_len), "kv_perm": (batch, heads, kv_len)}
+  batch, q_len, heads, _ = q.shape
+  kv_len, kv_heads = k.shape[1:3]
+  perm_heads = perm.q_perm.shape[1] if perm.q_perm.ndim == 3 else -1
+  expected = {"q_perm": (batch, perm_heads, q_len), "kv_perm": (batch, perm_heads, kv_len)}
   for name, shape in expected.items():
-    if tuple(getattr(perm, name).shape) != shape:
+    if perm_heads not in (1, kv_heads) or tuple(getattr(perm, name).shape) != shape:
       raise ValueError(
-        f"permuted_sparse_attention: `perm.{name}` must be [B, Hq, N] = {shape}, got {tuple(getattr(perm, name).shape)}"
+        f"permuted_sparse_attention: `perm.{name}` must be [B, P, N] = {(batch, 'P', shape[-1])} with P = Hkv="
+        f"{kv_heads} (per kv head) or 1 (shared), got {tuple(getattr(perm, name).shape)}"
       )
-  if tuple(layout.kv_blocks.shape[:2]) != (batch, heads):
+  if tuple(layout.kv_blocks.shape[:2]) not in ((batch, heads), (batch, kv_heads)):
     raise ValueError(
-      f"permuted_sparse_attention: `layout` must have one row per query head, [B, Hq] = {(batch, heads)}, "
-      f"got {tuple(layout.kv_blocks.shape[:2])}"
+      f"permuted_sparse_attention: `layout` must have a row per query head [B, Hq] = {(batch, heads)} or per kv "
+      f"head [B, Hkv] = {(batch, kv_heads)}, got {tuple(layout.kv_blocks.shape[:2])}"
     )
   q_positions = None if q_positions is None else jnp.asarray(q_positions)
   kv_positions = None if kv_positions is None else jnp.asarray(kv_positions)
@@ -78,32 +92,22 @@ def permuted_sparse_attention(
         f"got {positions.dtype}{tuple(positions.shape)}"
       )
 
-  def permuted_positions(positions, perm_slots):  # [B, H, N] original positions of the permuted slots
+  def permuted_positions(positions, perm_slots):  # [B, P, N] original positions of the permuted slots
     if positions is None:
       return perm_slots
     positions = jnp.broadcast_to(jnp.asarray(positions, jnp.int32), (batch, perm_slots.shape[-1]))
     return jnp.take_along_axis(positions[:, None, :], perm_slots, axis=-1)
 
-  groups = heads // k.shape[2]
-  k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
-  fold = lambda x: jnp.swapaxes(x, 1, 2).reshape(batch * heads, x.shape[1], 1, head_dim)  # noqa: E731
-  folded_layout = BlockLayout(
-    layout.kv_blocks.reshape(batch * heads, 1, *layout.kv_blocks.shape[2:]),
-    layout.kv_count.reshape(batch * heads, 1, -1),
-    layout.block_q,
-    layout.block_kv,
-  )
   out = block_sparse_attention(
-    fold(gather_tokens(q, perm.q_perm)),
-    fold(gather_tokens(k, perm.kv_perm)),
-    fold(gather_tokens(v, perm.kv_perm)),
-    folded_layout,
+    _gather_groups(q, perm.q_perm),
+    _gather_groups(k, perm.kv_perm),
+    _gather_groups(v, perm.kv_perm),
+    layout,
     causal=causal,
-    q_positions=permuted_positions(q_positions, perm.q_perm).reshape(batch * heads, q_len),
-    kv_positions=permuted_positions(kv_positions, perm.kv_perm).reshape(batch * heads, kv_len),
+    q_positions=permuted_positions(q_positions, perm.q_perm),
+    kv_positions=permuted_positions(kv_positions, perm.kv_perm),
     sm_scale=sm_scale,
     backend=backend,
     interpret=interpret,
   )
-  out = jnp.swapaxes(out.reshape(batch, heads, q_len, head_dim), 1, 2)  # permuted slots, [B, S, H, D]
-  return gather_tokens(out, perm.q_inverse)
+  return _gather_groups(out, perm.q_inverse)  # permuted slots -> original order

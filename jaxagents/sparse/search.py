@@ -247,7 +247,8 @@ def score_layer(
   scale = head_dim**-0.5 if sm_scale is None else float(sm_scale)
   rows = sample_rows(seq_len, num_rows, row_start)
   probs = _dense_rows(q, k, jnp.asarray(rows), scale)
-  # One layout per query head, as the dispatcher builds them for a group of all heads (K/V repeated per head).
+  # One layout (and grid permutation) per query head: K/V repeated per head, so that every head is scored on its
+  # own (the dispatcher searches a grid permutation per kv head, over the group's query heads that choose it).
   k, v = (jnp.repeat(x, heads // k.shape[2], axis=2) for x in (k, v))
   layout_kw = dict(num_modalities=num_modalities, block_q=block_q, block_kv=block_kv, sm_scale=sm_scale)
   kernel_kw = dict(sm_scale=sm_scale, backend=backend, interpret=interpret)
@@ -264,8 +265,9 @@ def score_layer(
   recall, min_row, error, density = [], [], [], []
   for candidate in candidates:
     perm, layout, out = run(candidate.entry)
-    row_recall = _layout_recall(probs, jnp.asarray(rows), layout, identity if perm is None else perm.q_inverse,
-                                identity if perm is None else perm.kv_inverse)
+    row_recall = _layout_recall(probs, jnp.asarray(rows), layout,
+                                identity if perm is None else jnp.broadcast_to(perm.q_inverse, identity.shape),
+                                identity if perm is None else jnp.broadcast_to(perm.kv_inverse, identity.shape))
     recall.append(np.asarray(jnp.mean(row_recall, axis=-1)))  # [N, Hq]
     min_row.append(np.asarray(jnp.min(row_recall, axis=-1)))
     error.append(np.asarray(_relative_error(out, dense_out)))

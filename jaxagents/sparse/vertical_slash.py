@@ -25,8 +25,15 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxagents.sparse.estimate import LAST_Q, attention_estimate, check_last_q, estimation_rows, heads_first
-from jaxagents.sparse.layouts import Frame, check_blocks, finalize, identity_frame, q_coord_bounds, range_blocks
+from jaxagents.sparse.estimate import LAST_Q, Estimate, check_last_q, check_qk_shapes, estimate_logits, line_sums
+from jaxagents.sparse.layouts import (
+  Frame,
+  budget_blocks,
+  check_blocks,
+  finalize,
+  identity_frame,
+  offset_blocks,
+)
 from kernels_pallas.block_sparse import BlockLayout
 
 FORCED_COLUMNS = 30  # MInference: vertical[..., :30] = inf
@@ -42,14 +49,46 @@ def check_vertical_slash_params(fn: str, kv_len: int, v_size, s_size, n_forced_v
       raise ValueError(f"{fn}: `{name}` must be an int >= 0, got {value!r}")
 
 
+def vertical_slash_budget(v_size: int, s_size: int, block_q: int, block_kv: int) -> int:
+  """Default MAXN (capped at NK by the builders): a block per column (MInference gathers its v_size columns one
+  by one; a block layout lists each column's whole block, and columns may sit in v_size different blocks), the
+  s_size diagonals as one run of blocks (two more for the block boundaries it straddles), and the query block's
+  own key blocks. For MInference's (1000, 6096) this is NK up to ~128k tokens with 128-token blocks; a smaller
+  `max_blocks` keeps each row's highest-mass blocks."""
+  return v_size + -(-s_size // block_kv) + 2 + budget_blocks(0, block_q, block_kv)
+
+
+def slash_from_diagonals(diagonal: jax.Array, first_coord: jax.Array, num_rows: int) -> jax.Array:
+  """Slash sums over offsets o in (-T, T), float32 [..., 2T - 1] at index o + T - 1, from `line_sums`' diagonal
+  sums of rows at consecutive coordinates first_coord [...] + r: slash[o] = diagonal[first_coord - o + R - 1]."""
+  kv_len = diagonal.shape[-1] - num_rows + 1
+  offsets = jnp.arange(2 * kv_len - 1) - (kv_len - 1)
+  index = first_coord[..., None] - offsets + num_rows - 1
+  inside = (index >= 0) & (index < diagonal.shape[-1])
+  picked = jnp.take_along_axis(diagonal, jnp.clip(index, 0, diagonal.shape[-1] - 1), axis=-1)
+  return jnp.where(inside, picked, 0.0)
+
+
+def slash_from_rows(probs: jax.Array, row_coords: jax.Array) -> jax.Array:
+  """Slash sums float32 [..., 2T - 1] of rows at arbitrary coordinates row_coords [..., R] (a scatter over R x T:
+  only for query-permuted frames, whose estimation rows do not sit at consecutive coordinates)."""
+  *lead, _, kv_len = probs.shape
+  row_coords = jnp.broadcast_to(row_coords, (*lead, row_coords.shape[-1]))
+  offset_index = row_coords[..., None] - jnp.arange(kv_len) + kv_len - 1  # [..., R, T]
+  flat = probs.reshape(-1, probs.shape[-2] * kv_len)
+  index = offset_index.reshape(-1, flat.shape[-1])
+  out = jax.vmap(lambda x, i: jnp.zeros(2 * kv_len - 1, jnp.float32).at[i].add(x))(flat, index)
+  return out.reshape(*lead, 2 * kv_len - 1)
+
+
 def vertical_slash_blocks(
-  probs: jax.Array,
-  row_coords: jax.Array,
-  row_weight: jax.Array,
+  vertical: jax.Array,
+  slash: jax.Array,
   frame: Frame,
   v_size: int,
   s_size: int,
   *,
+  num_rows: int,
   key_ok: jax.Array | None = None,
   n_forced_vertical: int = FORCED_COLUMNS,
   n_forced_slash: int = FORCED_DIAGONALS,
@@ -57,57 +96,46 @@ def vertical_slash_blocks(
   """Candidate blocks and scores of the vertical-slash pattern.
 
   Args:
-    probs: A_hat float32 [B, H, R, T].
-    row_coords: int32 [B, H, R], key-slot coordinate of each estimation row.
-    row_weight: float [B, H, R], 0 drops a row from the sums (rows of another modality).
+    vertical: float32 [B, H, T], column sums of A_hat (`line_sums`).
+    slash: float32 [B, H, 2T - 1], slash sums per offset o at index o + T - 1.
     frame: token placement.
     v_size, s_size: number of columns / diagonals kept.
-    key_ok: bool [B, H, T] or None; columns and diagonal sums use only these keys (a modality sub-block).
+    num_rows: R, the estimation rows (the forced columns and diagonals rank above any sum of R probabilities).
+    key_ok: bool [B, H, T] or None; columns are picked among these keys only (a modality sub-block); the slash
+      sums must already be restricted to them.
     n_forced_vertical, n_forced_slash: always-kept leading columns / diagonals.
   Returns:
     (bool [B, H, NQ, NK], float32 [B, H, NQ, NK]).
   """
-  batch, heads, num_rows, kv_len = probs.shape
+  batch, heads, kv_len = vertical.shape
   num_kv_blocks = frame.shape[-1]
   boost = float(num_rows + 1)  # above any sum of R probabilities
-  mass = probs * row_weight[..., None]
-  if key_ok is not None:
-    mass = jnp.where(key_ok[..., None, :], mass, 0.0)
   b, h = (x[..., None] for x in jnp.ogrid[:batch, :heads])
 
-  vertical = jnp.sum(mass, axis=-2) + boost * (jnp.arange(kv_len) < n_forced_vertical)
+  vertical = vertical + boost * (jnp.arange(kv_len) < n_forced_vertical)
   if key_ok is not None:
     vertical = jnp.where(key_ok, vertical, -1.0)
   column_scores, columns = jax.lax.top_k(vertical, v_size)  # [B, H, V]
-  picked = (column_scores >= 0).astype(jnp.int32)
-  column_counts = jnp.zeros((batch, heads, num_kv_blocks), jnp.int32).at[b, h, columns // frame.block_kv].add(picked)
-  column_weight = (
-    jnp.zeros((batch, heads, num_kv_blocks))
-    .at[b, h, columns // frame.block_kv]
-    .add(jnp.where(picked > 0, column_scores, 0.0))
+  picked = column_scores >= 0
+  column_blocks = columns // frame.block_kv
+  column_counts = jnp.zeros((batch, heads, num_kv_blocks), jnp.int32).at[b, h, column_blocks].add(picked)
+  column_weight = jnp.zeros((batch, heads, num_kv_blocks)).at[b, h, column_blocks].add(
+    jnp.where(picked, column_scores, 0.0)
   )
 
-  # slash index o + T - 1 for offset o = q_coord - t in (-T, T).
-  offset_index = row_coords[..., None] - jnp.arange(kv_len) + kv_len - 1  # [B, H, R, T]
-  slash = jnp.zeros((batch, heads, 2 * kv_len - 1)).at[b[..., None], h[..., None], offset_index].add(mass)
   offsets = jnp.arange(2 * kv_len - 1) - (kv_len - 1)
-  slash = slash + boost * ((offsets >= 0) & (offsets < n_forced_slash))
-  slash_scores, slash_index = jax.lax.top_k(slash, s_size)  # [B, H, K]
-  chosen_offsets = slash_index - (kv_len - 1)
-  lo, hi = q_coord_bounds(frame)  # [B, H, NQ]
-  token_lo = lo[..., None] - chosen_offsets[..., None, :]  # [B, H, NQ, K]
-  token_hi = hi[..., None] - chosen_offsets[..., None, :]
-  valid = (token_hi >= 0) & (token_lo <= kv_len - 1)
-  slash_mask, slash_weight = range_blocks(
-    jnp.clip(token_lo, 0, kv_len - 1),
-    jnp.clip(token_hi, 0, kv_len - 1),
-    valid,
-    jnp.broadcast_to(slash_scores[..., None, :], valid.shape),
-    num_kv_blocks,
-    frame.block_kv,
+  forced = (offsets >= 0) & (offsets < n_forced_slash)
+  slash_scores, slash_index = jax.lax.top_k(slash + boost * forced, s_size)  # [B, H, K]
+  # The chosen offsets as dense per-offset arrays (s_size updates of a [2T - 1] vector per head); the forced
+  # boost is counted separately, so the prefix sums of `offset_blocks` only add probabilities (float32-exact).
+  chosen = jnp.zeros((batch, heads, 2 * kv_len - 1), jnp.int32).at[b, h, slash_index].add(1)
+  unboosted = jnp.zeros((batch, heads, 2 * kv_len - 1)).at[b, h, slash_index].add(
+    slash_scores - boost * forced[slash_index]
   )
-  mask = slash_mask | (column_counts > 0)[..., None, :]
-  return mask, slash_weight + column_weight[..., None, :]
+  slash_weight, slash_count = offset_blocks(frame, unboosted, chosen)
+  forced_weight, _ = offset_blocks(frame, (chosen * forced).astype(jnp.float32), chosen * 0)
+  mask = (slash_count > 0) | (column_counts > 0)[..., None, :]
+  return mask, slash_weight + boost * forced_weight + column_weight[..., None, :]
 
 
 @functools.partial(
@@ -147,28 +175,34 @@ def vertical_slash(
     v_size, s_size: columns / diagonals kept (MInference default config: 1000, 6096).
     last_q: estimation rows (MInference: 64).
     block_q, block_kv: block sizes (MInference: 64 x 64).
-    max_blocks: MAXN (static), default NK; the diagonal block, then the highest-scoring blocks, are kept.
+    max_blocks: MAXN (static), default the blocks of the v_size + s_size key budget (`vertical_slash_budget`),
+      at most NK; the diagonal block, then the highest-scoring blocks, are kept.
     causal: causal estimate and causal-valid blocks.
     sm_scale: default 1 / sqrt(D).
     n_forced_vertical, n_forced_slash: MInference's always-kept 30 first columns and 100 nearest diagonals.
   Returns:
     BlockLayout kv_blocks int32 [B, Hq, S / block_q, MAXN] (one layout per query head).
   """
-  q_bh, k_bh = heads_first("vertical_slash", q, k)
-  batch, heads, q_len, head_dim = q_bh.shape
-  max_blocks = check_blocks("vertical_slash", q_len, k_bh.shape[2], block_q, block_kv, max_blocks)
+  q, k = jnp.asarray(q), jnp.asarray(k)
+  check_qk_shapes("vertical_slash", q.shape, k.shape)
+  batch, q_len, heads, head_dim = q.shape
+  budget = vertical_slash_budget(v_size, s_size, block_q, block_kv)
+  max_blocks = check_blocks("vertical_slash", q_len, k.shape[1], block_q, block_kv, max_blocks, budget)
   check_last_q("vertical_slash", last_q, q_len)
   check_vertical_slash_params("vertical_slash", q_len, v_size, s_size, n_forced_vertical, n_forced_slash)
-  frame = identity_frame(batch, heads, q_len, block_q, block_kv, causal)
-  rows = estimation_rows(jnp.full((batch, heads), q_len), last_q, q_len)
-  probs = attention_estimate(q_bh, k_bh, rows, frame, head_dim**-0.5 if sm_scale is None else sm_scale)
+  frame = identity_frame(batch, 1, q_len, block_q, block_kv, causal)
+  rows = jnp.broadcast_to(jnp.arange(q_len - last_q, q_len, dtype=jnp.int32), (batch, last_q))
+  visible = (jnp.arange(q_len) <= rows[..., None])[:, None] if causal else jnp.bool_(True)
+  estimate = Estimate(estimate_logits(q, k, rows), visible, head_dim**-0.5 if sm_scale is None else sm_scale)
+  vertical, diagonal = line_sums(estimate)
+  slash = slash_from_diagonals(diagonal, jnp.full((batch, heads), q_len - last_q), last_q)
   mask, score = vertical_slash_blocks(
-    probs,
-    rows,
-    jnp.ones(rows.shape),
+    vertical,
+    slash,
     frame,
     v_size,
     s_size,
+    num_rows=last_q,
     n_forced_vertical=n_forced_vertical,
     n_forced_slash=n_forced_slash,
   )

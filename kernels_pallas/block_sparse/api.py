@@ -197,8 +197,8 @@ def block_sparse_attention(
   Key t is visible to query s iff its block is listed for s's block (see `layout.py`) and, when `causal`,
   kv_positions[t] <= q_positions[s] or the layout marks the block full (`layout.partial`; computed here from the
   positions when the layout carries no kinds, so that the kernels mask only the partial blocks). Positions are the
-  tokens' *original* positions, so permuted inputs (MMInference's grid/modality permutations) stay causal. Rows with no visible key return out = 0 and
-  lse = -inf. Jit-able: the layout's values (listed ids in [0, T / block_kv), no id twice in a row, counts in
+  tokens' *original* positions, so permuted inputs (MMInference's grid/modality permutations) stay causal. Rows
+  with no visible key return out = 0 and lse = -inf. Jit-able: the layout's values (listed ids in [0, T / block_kv), no id twice in a row, counts in
   [0, MAXN]) are checked when its arrays are concrete, and skipped when they are traced (`check_layout_values`).
 
   Args:
@@ -230,7 +230,9 @@ def block_sparse_attention(
   q_positions = _positions(q_positions, "q_positions", batch, q_len, num_kv_heads, kv_len - q_len)
   kv_positions = _positions(kv_positions, "kv_positions", batch, kv_len, num_kv_heads, 0)
   if q_positions.shape[1] != kv_positions.shape[1]:
-    q_positions, kv_positions = (jnp.broadcast_to(x, (batch, num_kv_heads, x.shape[-1])) for x in (q_positions, kv_positions))
+    q_positions, kv_positions = (
+      jnp.broadcast_to(x, (batch, num_kv_heads, x.shape[-1])) for x in (q_positions, kv_positions)
+    )
   if causal and layout.partial is None:
     layout = with_block_kinds(layout, q_positions, kv_positions, num_q_heads)
   elif causal and is_concrete(layout) and not isinstance(q_positions, jax.core.Tracer):

@@ -16,9 +16,13 @@ def identity_positions(batch: int, heads: int, seq_len: int) -> tuple[np.ndarray
   return positions, positions
 
 
-def perm_positions(perm) -> tuple[np.ndarray, np.ndarray]:
-  """(q positions, kv positions) [B, H, N] of a Permutation's slots."""
-  return np.asarray(perm.q_perm), np.asarray(perm.kv_perm)
+def perm_positions(perm, heads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(q positions, kv positions) [B, H, N] of a Permutation's slots; a permutation per kv head or shared ([B, P, N])
+  is repeated to `heads` layout heads (H = heads // P consecutive heads per row)."""
+  q_pos, kv_pos = np.asarray(perm.q_perm), np.asarray(perm.kv_perm)
+  if heads is not None and heads != q_pos.shape[1]:
+    q_pos, kv_pos = (np.repeat(x, heads // x.shape[1], axis=1) for x in (q_pos, kv_pos))
+  return q_pos, kv_pos
 
 
 def block_mask(layout, kv_len: int) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxagents.sparse import a_shape, block_topk, boundary_layout, compose, grid, vertical_slash
+from jaxagents.sparse.vertical_slash import vertical_slash_budget
 from tests.sparse.oracles import assert_builder_invariants, block_mask, identity_positions, perm_positions
 
 S, D = 256, 16
@@ -72,7 +73,9 @@ def test_unpermuted_builders_keep_layout_invariants(case):
   name, blocking = case
   q, k = _qk()
   layout = UNPERMUTED[name](q, k, **blocking)
-  max_blocks = blocking.get("max_blocks", S // blocking["block_kv"])
+  # Without max_blocks, MAXN is the pattern's key budget in blocks (at most NK = 8 here).
+  default = min(vertical_slash_budget(30, 100, blocking["block_q"], blocking["block_kv"]), S // blocking["block_kv"])
+  max_blocks = blocking.get("max_blocks", default)
   assert layout.kv_blocks.shape == (2, 4, S // blocking["block_q"], max_blocks)
   assert_builder_invariants(layout, *identity_positions(2, 4, S))
 
@@ -82,8 +85,12 @@ def test_permuted_builders_keep_layout_invariants_in_original_positions(case):
   name, blocking = case
   q, k = _qk()
   perm, layout = PERMUTED[name](q, k, **blocking)
-  assert perm.q_perm.shape == perm.kv_perm.shape == (2, 4, S)
-  assert_builder_invariants(layout, *perm_positions(perm))
+  # Grid: one permutation and layout per kv head (its query heads share them); boundary heads: one permutation
+  # for every head (it depends on the modalities only), a layout per query head.
+  perm_heads, layout_heads = (2, 2) if name == "grid" else (1, 4)
+  assert perm.q_perm.shape == perm.kv_perm.shape == (2, perm_heads, S)
+  assert layout.num_heads == layout_heads
+  assert_builder_invariants(layout, *perm_positions(perm, layout_heads))
 
 
 @pytest.mark.parametrize("name", ["a_shape", "block_topk"])

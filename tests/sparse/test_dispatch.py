@@ -103,17 +103,20 @@ def test_permuted_path_on_the_pallas_triton_kernel_in_interpret_mode_matches_den
   np.testing.assert_allclose(out, expected, **F32)
 
 
-def test_permuted_sparse_attention_is_permutation_invariant_with_a_different_permutation_per_head():
-  # pi^-1(kernel(pi q, pi k, pi v)) == attention(q, k, v) under the mask M[pi^-1, pi^-1].
+@pytest.mark.parametrize("layout_heads", [4, 2], ids=["per-q-head-layout", "per-kv-head-layout"])
+def test_permuted_sparse_attention_is_permutation_invariant_with_a_different_permutation_per_kv_head(layout_heads):
+  # pi^-1(kernel(pi q, pi k, pi v)) == attention(q, k, v) under the mask M[pi^-1, pi^-1]; the query heads of a
+  # kv head share its permutation.
   q, k, v, _ = _inputs(q_heads=4, kv_heads=2)
   rng = np.random.default_rng(4)
-  perms = np.stack([np.stack([rng.permutation(S) for _ in range(4)]) for _ in range(2)]).astype(np.int32)
+  perms = np.stack([np.stack([rng.permutation(S) for _ in range(2)]) for _ in range(2)]).astype(np.int32)
   perm = make_permutation(perms, perms)
-  block_mask = rng.random((2, 4, S // BLOCK, S // BLOCK)) < 0.5
+  block_mask = rng.random((2, layout_heads, S // BLOCK, S // BLOCK)) < 0.5
   block_mask |= np.eye(S // BLOCK, dtype=bool)
   layout = from_block_mask(block_mask, BLOCK, BLOCK)
   out = permuted_sparse_attention(q, k, v, perm, layout, backend="xla")
-  mask = original_token_mask(layout, perms, perms)
+  layout_perms = np.repeat(perms, layout_heads // 2, axis=1)  # each layout head's permutation
+  mask = np.repeat(original_token_mask(layout, layout_perms, layout_perms), 4 // layout_heads, axis=1)
   np.testing.assert_allclose(out, library_attention(q, k, v, causal=True, mask=jnp.asarray(mask)), **F32)
 
 

@@ -81,7 +81,7 @@ def test_2d_boundary_layout_covers_exactly_the_sub_blocks_of_its_dense_sub_patte
     block_q=BLOCK,
     block_kv=BLOCK,
   )
-  q_pos, kv_pos = perm_positions(perm)
+  q_pos, kv_pos = perm_positions(perm, layout.num_heads)
   assert_builder_invariants(layout, q_pos, kv_pos)
   slot_ids = np.take_along_axis(np.broadcast_to(ids[:, None], q_pos.shape), q_pos, -1)
   has = _block_modalities(slot_ids, BLOCK)  # same for q and kv (shared permutation)
@@ -104,7 +104,7 @@ def test_q_boundary_layout_gives_each_query_modality_its_own_pattern():
     block_q=BLOCK,
     block_kv=BLOCK,
   )
-  q_pos, kv_pos = perm_positions(perm)
+  q_pos, kv_pos = perm_positions(perm, layout.num_heads)
   np.testing.assert_array_equal(kv_pos, np.broadcast_to(np.arange(S), kv_pos.shape))
   assert_builder_invariants(layout, q_pos, kv_pos)
   slot_ids = np.take_along_axis(np.broadcast_to(ids[:, None], q_pos.shape), q_pos, -1)
@@ -143,7 +143,7 @@ def test_2d_permutation_turns_a_text_cut_vision_slash_into_one_diagonal():
 
   probs = causal_probs(q, k)[0, 0]
   rows = vision[offset:]  # vision queries whose planted key exists
-  permuted_mask = original_token_mask(layout, *perm_positions(perm))[0, 0]
+  permuted_mask = original_token_mask(layout, *perm_positions(perm, layout.num_heads))[0, 0]
   plain_mask = original_token_mask(plain, *[np.broadcast_to(np.arange(seq_len), (1, 1, seq_len))] * 2)[0, 0]
   permuted_recall = recall(probs[rows], permuted_mask[rows])
   plain_recall = recall(probs[rows], plain_mask[rows])

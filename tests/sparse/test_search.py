@@ -107,7 +107,7 @@ def test_recall_error_and_density_equal_independent_numpy_computations(planted):
   for c, candidate in enumerate(CANDIDATES):
     perm, layout = build_head_layout(q, k_per_head, parse_head_config(candidate.entry, S), ids, num_modalities=2,
                                      block_q=BLOCK, block_kv=BLOCK, sm_scale=None)
-    positions = identity_positions(2, 4, S) if perm is None else perm_positions(perm)
+    positions = identity_positions(2, 4, S) if perm is None else perm_positions(perm, 4)
     mask = original_token_mask(layout, *positions)  # [N, Hq, S, T] in original order
     row_recall = (probs * mask).sum(-1)[:, :, scores.rows]  # [N, Hq, R]
     np.testing.assert_allclose(scores.recall[c], row_recall.mean(-1), atol=1e-5, err_msg=candidate.name)
