@@ -1,23 +1,27 @@
 """MMInference block-sparse attention against dense causal attention, at long context (MMInference, arXiv
 2504.16083, reports up to 8.3x over FlashAttention-2 at 1M tokens on an A100; here the anchor is cuDNN).
 
-    python -m jaxagents.bench.sparse_attention --seq 8192,32768,131072 --density 1.0,0.25,0.1,0.05
+    python -m jaxagents.bench.sparse_attention --seq 32768,131072,1048576 --density 1.0,0.25,0.1,0.05
 
 bf16, B = 1, Qwen2.5-VL-7B head shape by default (28 query heads, 4 kv heads, d = 128). For each length S:
   * anchor: dense causal attention, `jaxagents.layers.attention(..., backend="cudnn")` on a GPU, "xla" elsewhere;
-  * dense-layout kernel: `block_sparse_attention` with every causal block listed (our target: within 1.2x of
-    cuDNN);
+  * dense-layout kernel: `block_sparse_attention` with every causal block listed;
   * random layout: the kernel on a random causal block layout of each density < 1 (fraction of the causal
     blocks kept, the diagonal always among them), one layout per kv head (GQA group);
-  * grid (video): a synthetic video of frames x h x w tokens whose queries attend the same spatial location in
-    every frame (planted stride h * w) and one phase column; `jaxagents.sparse.grid` estimates and searches the
-    stride/phase and builds the layout ("search"), Q/K/V are gathered into phase-major order and the output
-    scattered back ("permute"), and the kernel runs on the permuted tokens ("kernel"); "total" is their sum
-    (our target at density 0.1 and 128k tokens: 30 ms or less).
+  * the whole sparse prefill, stage by stage, each stage timed on its own and "total" their sum:
+      - vertical-slash (random input, MInference's 1000 columns and 6096 diagonals): estimate (the Last-Q
+        estimate's column and diagonal sums), layout (blocks from those sums), kernel;
+      - grid (video): a synthetic video of frames x h x w tokens whose queries attend the same spatial location
+        in every frame (planted stride h * w) and one phase column: estimate (estimate + stride/phase search per
+        kv head), layout (phase-major permutation and blocks), permute (q/k/v gathered once per kv head, the
+        output scattered back), kernel on the permuted tokens;
+      - 2d boundary (video + text): the same video with every 4th frame's tokens marked text, vertical-slash per
+        modality pair after the modality sort: estimate + layout (one stage), permute, kernel.
 Times are the median of `--repeats` wall-clock runs after a warm-up run, each ended by `jax.block_until_ready`.
 TFLOP/s counts the kept work only: 4 * kept (query, key) pairs * d * Hq (QK^T and PV), the pairs being those the
 layout lists that are also causal by original position. "speedup" is anchor time / row time at the same S. A
-configuration that the memory or the backend cannot take is a row "skipped: <reason>". No timing is asserted.
+configuration that the memory or the backend cannot take (e.g. 1M tokens beyond the device's memory) is a row
+"skipped: <reason>". No timing is asserted.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ import numpy as np
 
 from jaxagents.bench.report import cell, median_time, publish
 from jaxagents.layers import attention
-from jaxagents.sparse import grid
-from jaxagents.sparse.permutation import gather_tokens
+from jaxagents.sparse.grid import grid_budget, grid_layout, grid_search
+from jaxagents.sparse.modality import boundary_layout
+from jaxagents.sparse.permuted import permute_heads
+from jaxagents.sparse.vertical_slash import vertical_slash_layout, vertical_slash_sums
 from kernels_pallas.block_sparse import BlockLayout, block_sparse_attention
 from kernels_pallas.block_sparse.layout import from_block_mask
 
@@ -182,55 +188,115 @@ def run(seqs: Sequence[int], densities: Sequence[float], *, heads: int = 28, kv_
       except _SKIPPABLE as error:
         rows.append(_row(seq_len, config, pairs / causal_pairs, kernel_backend, skipped=_skip_reason(error)))
 
-    rows.extend(_grid_rows(seq_len, heads, kv_heads, head_dim, block, frame, repeats, dtype, kernel, kernel_backend,
-                           anchor))
+    rows.extend(_vertical_slash_rows(seq_len, q, k, v, block, repeats, kernel, kernel_backend, anchor, heads,
+                                     head_dim))
+    pipeline_args = (seq_len, heads, kv_heads, head_dim, block, frame, repeats, dtype, kernel, kernel_backend, anchor)
+    rows.extend(_grid_rows(*pipeline_args))
+    rows.extend(_boundary_rows(*pipeline_args))
   return rows
+
+
+def _stage_rows(seq_len, name, stages, pairs, kernel_backend, anchor, heads, head_dim, **found) -> list[dict]:
+  """Rows "<name>: <stage>" for timed stages {stage: seconds} and their total; kept pairs on kernel and total."""
+  density = pairs / (seq_len * (seq_len + 1) // 2)
+  rows = []
+  for stage, seconds in [*stages.items(), ("total", sum(stages.values()))]:
+    counted = pairs if stage in ("kernel", "total") else None
+    rows.append(_row(seq_len, f"{name}: {stage}", density, kernel_backend, seconds, counted, heads=heads,
+                     head_dim=head_dim, anchor=anchor, **found))
+  return rows
+
+
+def _skipped_rows(seq_len, name, stages, kernel_backend, reason) -> list[dict]:
+  return [_row(seq_len, f"{name}: {stage}", None, kernel_backend, skipped=reason) for stage in (*stages, "total")]
+
+
+def _vertical_slash_rows(seq_len, q, k, v, block, repeats, kernel, kernel_backend, anchor, heads, head_dim):
+  """MInference's vertical-slash (1000 columns, 6096 diagonals, clipped to S) on the random input: the Last-Q
+  estimate, the layout from its sums, the kernel."""
+  name, stages = "vertical-slash", ("estimate", "layout", "kernel")
+  v_size, s_size = min(1000, seq_len), min(6096, seq_len)
+  try:
+    estimate = jax.jit(lambda q, k: vertical_slash_sums(q, k))
+    build = jax.jit(lambda vertical, slash: vertical_slash_layout(vertical, slash, v_size, s_size, block_q=block,
+                                                                  block_kv=block))
+    vertical, slash = estimate(q, k)
+    layout = build(vertical, slash)
+    times = {"estimate": median_time(lambda: estimate(q, k), repeats),
+             "layout": median_time(lambda: build(vertical, slash), repeats),
+             "kernel": median_time(lambda: kernel(q, k, v, layout), repeats)}
+    identity = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (1, heads, seq_len))
+    pairs = float(permuted_causal_pairs(layout, identity, identity).mean())
+  except _SKIPPABLE as error:
+    return _skipped_rows(seq_len, name, stages, kernel_backend, _skip_reason(error))
+  return _stage_rows(seq_len, name, times, pairs, kernel_backend, anchor, heads, head_dim)
 
 
 def _grid_rows(seq_len, heads, kv_heads, head_dim, block, frame, repeats, dtype, kernel, kernel_backend, anchor):
-  stages = ("grid (video): search", "grid (video): permute", "grid (video): kernel", "grid (video): total")
+  """The grid pattern on a synthetic video: estimate + stride/phase search, layout (permutation and blocks),
+  permute (q/k/v in, output back: once per kv head), kernel on the permuted tokens."""
+  name, stages = "grid (video)", ("estimate", "layout", "permute", "kernel")
   stride = frame[0] * frame[1]
   if seq_len % stride or seq_len // stride < 2:
     reason = f"skipped: S={seq_len} is not a multiple of >= 2 frames of {frame[0]}x{frame[1]} tokens"
-    return [_row(seq_len, name, None, kernel_backend, skipped=reason) for name in stages]
+    return _skipped_rows(seq_len, name, stages, kernel_backend, reason)
   strides = tuple(sorted({s for s in (frame[1], stride, 2 * stride) if 2 <= s <= seq_len}))
-  groups = heads // kv_heads
   try:
     q, k, v = video_qk(seq_len, heads, kv_heads, head_dim, frame, phase=frame[1] + 1, dtype=dtype)
-    search = jax.jit(lambda q, k: grid(q, k, strides, block_q=block, block_kv=block))
-    perm, layout = search(q, k)
-
-    @jax.jit
-    def permute(q, k, v):
-      fold = lambda x: jnp.swapaxes(x, 1, 2).reshape(heads, seq_len, 1, head_dim)  # noqa: E731
-      k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
-      return tuple(fold(gather_tokens(x, p)) for x, p in ((q, perm.q_perm), (k, perm.kv_perm), (v, perm.kv_perm)))
-
-    @jax.jit
-    def unpermute(out):
-      return gather_tokens(jnp.swapaxes(out.reshape(1, heads, seq_len, head_dim), 1, 2), perm.q_inverse)
-
-    folded = BlockLayout(layout.kv_blocks.reshape(heads, 1, *layout.kv_blocks.shape[2:]),
-                         layout.kv_count.reshape(heads, 1, -1), block, block)
-    q_pos, kv_pos = perm.q_perm.reshape(heads, seq_len), perm.kv_perm.reshape(heads, seq_len)
-    qf, kf, vf = permute(q, k, v)
-    out = kernel(qf, kf, vf, folded, q_positions=q_pos, kv_positions=kv_pos)
-    times = [
-      median_time(lambda: search(q, k), repeats),
-      median_time(lambda: permute(q, k, v), repeats) + median_time(lambda: unpermute(out), repeats),
-      median_time(lambda: kernel(qf, kf, vf, folded, q_positions=q_pos, kv_positions=kv_pos), repeats),
-    ]
+    search = jax.jit(lambda q, k: grid_search(q, k, strides)[:2])
+    max_blocks = min(grid_budget(seq_len, strides, block, block), seq_len // block)
+    build = jax.jit(lambda stride, phase: grid_layout(stride, phase, seq_len, block_q=block, block_kv=block,
+                                                      max_blocks=max_blocks))
+    permute = jax.jit(lambda q, k, v, perm: (permute_heads(q, perm.q_perm), permute_heads(k, perm.kv_perm),
+                                             permute_heads(v, perm.kv_perm)))
+    unpermute = jax.jit(lambda out, perm: permute_heads(out, perm.q_inverse))
+    found_stride, found_phase = search(q, k)
+    perm, layout = build(found_stride, found_phase)
+    qp, kp, vp = permute(q, k, v, perm)
+    positions = {"q_positions": perm.q_perm, "kv_positions": perm.kv_perm}
+    out = kernel(qp, kp, vp, layout, **positions)
+    times = {"estimate": median_time(lambda: search(q, k), repeats),
+             "layout": median_time(lambda: build(found_stride, found_phase), repeats),
+             "permute": median_time(lambda: permute(q, k, v, perm), repeats) + median_time(lambda: unpermute(out, perm),
+                                                                                       repeats),
+             "kernel": median_time(lambda: kernel(qp, kp, vp, layout, **positions), repeats)}
     pairs = float(permuted_causal_pairs(layout, perm.q_perm, perm.kv_perm).mean())
   except _SKIPPABLE as error:
-    return [_row(seq_len, name, None, kernel_backend, skipped=_skip_reason(error)) for name in stages]
-  found = dict(stride=int(np.asarray(perm.q_perm[0, 0, 1] - perm.q_perm[0, 0, 0])), phase=int(perm.q_perm[0, 0, 0]))
-  density = pairs / (seq_len * (seq_len + 1) // 2)
-  rows = []
-  for name, seconds in zip(stages, [*times, sum(times)], strict=True):
-    counted = pairs if name.endswith(("kernel", "total")) else None
-    rows.append(_row(seq_len, name, density, kernel_backend, seconds, counted, heads=heads, head_dim=head_dim,
-                     anchor=anchor, **found))
-  return rows
+    return _skipped_rows(seq_len, name, stages, kernel_backend, _skip_reason(error))
+  found = dict(stride=int(found_stride[0, 0]), phase=int(found_phase[0, 0]))
+  return _stage_rows(seq_len, name, times, pairs, kernel_backend, anchor, heads, head_dim, **found)
+
+
+def _boundary_rows(seq_len, heads, kv_heads, head_dim, block, frame, repeats, dtype, kernel, kernel_backend, anchor):
+  """A 2D-boundary head (vision and text tokens sorted apart, vertical-slash per modality pair) on the synthetic
+  video with a text span every 4 frames: estimate + layout (one stage: the per-modality estimates are built inside
+  the layout), permute, kernel."""
+  name, stages = "2d boundary (video + text)", ("estimate + layout", "permute", "kernel")
+  stride = frame[0] * frame[1]
+  if seq_len % stride:
+    return _skipped_rows(seq_len, name, stages, kernel_backend, f"skipped: S={seq_len} is not a multiple of {stride}")
+  try:
+    q, k, v = video_qk(seq_len, heads, kv_heads, head_dim, frame, phase=frame[1] + 1, dtype=dtype)
+    ids = jnp.asarray((np.arange(seq_len) // stride % 4 == 3).astype(np.int32))[None]  # every 4th frame: text
+    params = {"v_size": min(1000, seq_len), "s_size": min(6096, seq_len)}
+    build = jax.jit(lambda q, k, ids: boundary_layout(q, k, ids, "vertical_slash", params, mode="2d", block_q=block,
+                                                      block_kv=block))
+    permute = jax.jit(lambda q, k, v, perm: (permute_heads(q, perm.q_perm), permute_heads(k, perm.kv_perm),
+                                             permute_heads(v, perm.kv_perm)))
+    unpermute = jax.jit(lambda out, perm: permute_heads(out, perm.q_inverse))
+    perm, layout = build(q, k, ids)
+    qp, kp, vp = permute(q, k, v, perm)
+    positions = {"q_positions": perm.q_perm, "kv_positions": perm.kv_perm}
+    out = kernel(qp, kp, vp, layout, **positions)
+    times = {"estimate + layout": median_time(lambda: build(q, k, ids), repeats),
+             "permute": median_time(lambda: permute(q, k, v, perm), repeats) + median_time(lambda: unpermute(out, perm),
+                                                                                       repeats),
+             "kernel": median_time(lambda: kernel(qp, kp, vp, layout, **positions), repeats)}
+    layout_perm = jnp.broadcast_to(perm.q_perm, (1, heads, seq_len))
+    pairs = float(permuted_causal_pairs(layout, layout_perm, jnp.broadcast_to(perm.kv_perm, layout_perm.shape)).mean())
+  except _SKIPPABLE as error:
+    return _skipped_rows(seq_len, name, stages, kernel_backend, _skip_reason(error))
+  return _stage_rows(seq_len, name, times, pairs, kernel_backend, anchor, heads, head_dim)
 
 
 def format_table(rows: list[dict], device: str) -> str:
@@ -246,7 +312,7 @@ def format_table(rows: list[dict], device: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--seq", default="8192,32768,131072", help="comma-separated sequence lengths")
+  parser.add_argument("--seq", default="32768,131072,1048576", help="comma-separated sequence lengths")
   parser.add_argument("--density", default="1.0,0.25,0.1,0.05", help="comma-separated block densities in (0, 1]")
   parser.add_argument("--heads", type=int, default=28)
   parser.add_argument("--kv-heads", type=int, default=4)

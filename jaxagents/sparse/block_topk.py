@@ -14,7 +14,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxagents.sparse.estimate import check_qk_shapes
-from jaxagents.sparse.layouts import Frame, budget_blocks, causal_blocks, check_blocks, finalize, identity_frame
+from jaxagents.sparse.layouts import (
+  Frame,
+  budget_blocks,
+  causal_blocks,
+  check_blocks,
+  identity_frame,
+  layout_from_ranked,
+  own_block_ids,
+)
 from kernels_pallas.block_sparse import BlockLayout
 
 
@@ -83,5 +91,11 @@ def block_topk(
   check_topk("block_topk", topk)
   frame = identity_frame(batch, 1, q_len, block_q, block_kv, causal)
   scores = pooled_scores(q, k, block_q, block_kv, head_dim**-0.5 if sm_scale is None else sm_scale)
-  mask, score = block_topk_blocks(scores, frame, topk)
-  return finalize(frame, mask, score, max_blocks)
+  # The row's own key blocks first, then its top-k valid blocks by score: a short ranked list per row, so no
+  # second pass over the [NQ, NK] scores (`layout_from_ranked`).
+  top_scores, top_ids = jax.lax.top_k(jnp.where(causal_blocks(frame), scores, -jnp.inf), min(topk, scores.shape[-1]))
+  own_ids, own_ok = own_block_ids(frame)
+  shape = (*top_ids.shape[:-1], own_ids.shape[-1])
+  ids = jnp.concatenate([jnp.broadcast_to(own_ids, shape), top_ids], axis=-1)
+  valid = jnp.concatenate([jnp.broadcast_to(own_ok, shape), top_scores > -jnp.inf], axis=-1)
+  return layout_from_ranked(ids, valid, max_blocks, block_q, block_kv, scores.shape[-1])

@@ -42,18 +42,25 @@ def estimation_rows(segment_end: jax.Array, last_q: int, q_len: int) -> jax.Arra
   return (start[..., None] + jnp.arange(last_q)).astype(jnp.int32)
 
 
-def estimate_logits(q: jax.Array, k: jax.Array, rows: jax.Array) -> jax.Array:
+def estimate_logits(q: jax.Array, k: jax.Array, rows: jax.Array | int, last_q: int | None = None) -> jax.Array:
   """Unscaled logits q[rows] k^T per query head, float32 [B, Hq, R, T] from inputs in their own dtype.
 
-  q: [B, S, Hq, D] (slot order); k: [B, T, Hkv, D]; rows: int [B, R], query slots shared by every head.
+  q: [B, S, Hq, D] (slot order); k: [B, T, Hkv, D]; rows: the first of `last_q` consecutive query slots, a static
+  int or int [B] (a slice: only those rows are read), or int [B, R] slots shared by every head (a gather).
   """
   batch, _, num_q_heads, head_dim = q.shape
   num_kv_heads = k.shape[2]
-  q_rows = jnp.take_along_axis(q, rows[:, :, None, None], axis=1)  # [B, R, Hq, D]
-  q_rows = q_rows.reshape(batch, rows.shape[1], num_kv_heads, num_q_heads // num_kv_heads, head_dim)
+  if isinstance(rows, int):
+    q_rows = q[:, rows : rows + last_q]
+  elif rows.ndim == 1:
+    q_rows = jax.vmap(lambda x, start: jax.lax.dynamic_slice_in_dim(x, start, last_q, axis=0))(q, rows)
+  else:
+    q_rows = jnp.take_along_axis(q, rows[:, :, None, None], axis=1)  # [B, R, Hq, D]
+  num_rows = q_rows.shape[1]
+  q_rows = q_rows.reshape(batch, num_rows, num_kv_heads, num_q_heads // num_kv_heads, head_dim)
   precision = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
   logits = jnp.einsum("brkgd,btkd->bkgrt", q_rows, k, precision=precision, preferred_element_type=jnp.float32)
-  return logits.reshape(batch, num_q_heads, rows.shape[1], k.shape[1])
+  return logits.reshape(batch, num_q_heads, num_rows, k.shape[1])
 
 
 def _online_softmax_pair(a, b):
@@ -94,23 +101,37 @@ class Estimate:
 def line_sums(
   estimate: Estimate, row_weight: jax.Array | None = None, key_ok: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
-  """(column, diagonal) sums of A_hat.
+  """(column, diagonal) sums of A_hat (`column_sums`, `diagonal_sums`): A_hat is stored once for both (XLA will
+  not evaluate the exponentials twice; fusing both sums into one pass over the logits made it store every row
+  separately)."""
+  probs = weighted_probabilities(estimate, row_weight)
+  column = column_sums(probs)
+  return (column if key_ok is None else jnp.where(key_ok, column, 0.0)), diagonal_sums(probs, key_ok)
 
-  column float32 [B, H, T]: sum_r row_weight[r] A_hat[r, t] (MInference's vertical sums).
-  diagonal float32 [B, H, T + R - 1]: diagonal[u + R - 1] = sum_r row_weight[r] A_hat[r, u + r], u in (-R, T).
-  For rows at consecutive key-slot coordinates c_r = c_0 + r, the slash sum of offset o = c_r - t is
-  diagonal[c_0 - o + R - 1]: R shifted adds of the rows (one loop fusion) instead of a scatter.
-  """
+
+def weighted_probabilities(estimate: Estimate, row_weight: jax.Array | None = None) -> jax.Array:
+  """float32 [B, H, R, T]: row_weight[r] A_hat[r, t]."""
   probs = estimate.probabilities()
-  if row_weight is not None:
-    probs = probs * row_weight[..., None]
+  return probs if row_weight is None else probs * row_weight[..., None]
+
+
+def column_sums(probs: jax.Array) -> jax.Array:
+  """float32 [B, H, T]: sum_r probs[r, t] (MInference's vertical sums)."""
+  return jnp.sum(probs, axis=-2)
+
+
+def diagonal_sums(probs: jax.Array, key_ok: jax.Array | None = None) -> jax.Array:
+  """float32 [B, H, T + R - 1]: out[u + R - 1] = sum_r probs[r, u + r] over keys u + r with key_ok, u in (-R, T).
+
+  For rows at consecutive key-slot coordinates c_r = c_0 + r, the slash sum of offset o = c_r - t is
+  out[c_0 - o + R - 1]: R shifted adds of the rows (one loop fusion) instead of a scatter.
+  """
   if key_ok is not None:  # [..., T]: only these keys count (a modality sub-block)
     probs = jnp.where(key_ok[..., None, :], probs, 0.0)
   num_rows = probs.shape[-2]
-  column = jnp.sum(probs, axis=-2)
   lead = [(0, 0)] * (probs.ndim - 2)
-  diagonal = None
+  total = None
   for r in range(num_rows):
     shifted = jnp.pad(probs[..., r, :], lead + [(num_rows - 1 - r, r)])
-    diagonal = shifted if diagonal is None else diagonal + shifted
-  return column, diagonal
+    total = shifted if total is None else total + shifted
+  return total

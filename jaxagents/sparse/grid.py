@@ -74,44 +74,27 @@ def _grid_mass(residues: jax.Array, own: jax.Array) -> jax.Array:
   return union.mean(axis=-2)
 
 
-def _own_residue_mass(estimate: Estimate, row_positions, stride: int) -> jax.Array:
-  """float32 [B, H, R]: sum of A_hat[r, t] over the keys t = row_positions[r] (mod stride), read from the
-  logits by a strided gather (T / stride keys per row, not a pass over the estimate)."""
-  num_rows, kv_len = estimate.logits.shape[-2:]
-  steps = -(-kv_len // stride)
-  base = (row_positions % stride)[:, None]  # [R, 1]
-  keys = base + stride * jnp.arange(steps)  # [R, steps]
-  inside = keys < kv_len
-  keys = jnp.minimum(keys, kv_len - 1)
-  logits = jnp.take_along_axis(estimate.logits, jnp.broadcast_to(keys, (*estimate.logits.shape[:-2], *keys.shape)), -1)
-  visible = jnp.take_along_axis(
-    jnp.broadcast_to(estimate.visible, (1, 1, num_rows, kv_len)).astype(bool), keys[None, None], axis=-1
-  )
-  scaled = jnp.where(visible & inside, logits.astype(jnp.float32) * estimate.scale, -jnp.inf)
-  return jnp.sum(jnp.exp(scaled - estimate.row_max[..., None]), axis=-1) / estimate.row_sum
-
-
 def _search(q, k, strides, last_q, causal, sm_scale, head_weight=None):
   """Stride/phase per kv head from the per-query-head estimates (their excesses averaged over the group)."""
   batch, seq_len, num_q_heads, head_dim = q.shape
   num_kv_heads = k.shape[2]
-  row_positions = jnp.arange(seq_len - last_q, seq_len)
-  rows = jnp.broadcast_to(row_positions.astype(jnp.int32), (batch, last_q))
+  row_positions = np.arange(seq_len - last_q, seq_len)
   visible = (jnp.arange(seq_len) <= row_positions[:, None])[None, None] if causal else jnp.bool_(True)
-  estimate = Estimate(estimate_logits(q, k, rows), visible, head_dim**-0.5 if sm_scale is None else sm_scale)
-  vertical = jnp.sum(estimate.probabilities(), axis=-2)  # [B, Hq, T]
+  logits = estimate_logits(q, k, seq_len - last_q, last_q)
+  estimate = Estimate(logits, visible, head_dim**-0.5 if sm_scale is None else sm_scale)
+  probs = estimate.probabilities()  # [B, Hq, R, T]
+  # Per-row residue sums M[r, c] for every candidate stride from ONE pass over A_hat: the sums modulo the strides'
+  # least common multiple L fold into those of each stride (L = 1024 for strides 16, 256, 1024).
+  common = int(np.lcm.reduce(np.array(strides, np.int64)))
+  folded = _residue_sums(probs, common) if common <= seq_len else None
   uniform_visible = jnp.arange(seq_len) <= row_positions[:, None] if causal else jnp.ones((last_q, seq_len), bool)
   uniform = uniform_visible / jnp.sum(uniform_visible, axis=-1, keepdims=True)
   widest = max(strides)
   excess = []
   for stride in strides:
     own = row_positions % stride
-    # mass(s, p) = mean_r (M[r, p] + [p != c_r] M[r, c_r]) (module docstring) from the column sums and each row's
-    # own-residue mass: sum_r M[r, p] = residue sum p of the column sums.
-    own_mass = _own_residue_mass(estimate, row_positions, stride)  # [B, Hq, R]
-    per_phase = _residue_sums(vertical, stride) + jnp.sum(own_mass, axis=-1, keepdims=True)
-    per_phase -= jnp.sum(jnp.where(own[:, None] == jnp.arange(stride), own_mass[..., None], 0.0), axis=-2)
-    found = per_phase / last_q - _grid_mass(_residue_sums(uniform, stride), own)
+    residues = _residue_sums(probs, stride) if folded is None else _residue_sums(folded, stride)  # [B, Hq, R, s]
+    found = _grid_mass(residues, own) - _grid_mass(_residue_sums(uniform, stride), own)
     excess.append(jnp.pad(found, [(0, 0), (0, 0), (0, widest - stride)], constant_values=-jnp.inf))
   excess = jnp.stack(excess, axis=2)  # [B, Hq, n, widest]
   groups = num_q_heads // num_kv_heads
@@ -235,7 +218,17 @@ def grid(
 def _grid(q, k, strides, last_q, block_q, block_kv, max_blocks, causal, sm_scale, head_weight=None):
   q, k, strides, max_blocks = _checked("grid", q, k, strides, last_q, block_q, block_kv, max_blocks)
   stride, phase, _ = _search(q, k, strides, last_q, causal, sm_scale, head_weight)
-  perm = grid_permutation(stride, phase, q.shape[1])
+  return grid_layout(stride, phase, q.shape[1], block_q=block_q, block_kv=block_kv, max_blocks=max_blocks,
+                     causal=causal)
+
+
+@functools.partial(jax.jit, static_argnames=("seq_len", "block_q", "block_kv", "max_blocks", "causal"))
+def grid_layout(
+  stride: jax.Array, phase: jax.Array, seq_len: int, *, block_q: int = 64, block_kv: int = 64, max_blocks: int,
+  causal: bool = True,
+) -> tuple[Permutation, BlockLayout]:
+  """The layout stage of `grid` (steps 3-4) from `grid_search`'s stride, phase int [B, H]."""
+  perm = grid_permutation(stride, phase, seq_len)
   frame = permuted_frame(perm, block_q, block_kv, causal, shared=True)
   mask, score = grid_blocks(frame, stride, phase)
   return perm, finalize(frame, mask, score, max_blocks)

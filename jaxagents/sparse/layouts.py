@@ -27,6 +27,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxagents.sparse.permutation import Permutation
 from kernels_pallas.block_sparse import BlockLayout, to_block_mask
@@ -154,11 +155,24 @@ def offset_blocks(frame: Frame, offset_weight: jax.Array, offset_count: jax.Arra
     (float32 [B, H, NQ, NK] summed weight, int32 [B, H, NQ, NK] count).
   """
   kv_len = frame.kv_positions.shape[-1]
+  prefix = lambda x: jnp.pad(jnp.cumsum(x, axis=-1), [(0, 0)] * (x.ndim - 1) + [(1, 0)])  # noqa: E731
+  if frame.slot_coords and frame.block_q == frame.block_kv:
+    # Query block i holds slots [i b, i b + b - 1], so the offsets meeting key block n depend on d = i - n only:
+    # one vector over d, expanded to [NQ, NK] by a gather with a constant (Toeplitz) index.
+    block, (num_q_blocks, num_kv_blocks) = frame.block_kv, frame.shape[2:]
+    d = jnp.arange(-(num_kv_blocks - 1), num_q_blocks)
+    first = jnp.clip(d * block - block + kv_len, 0, 2 * kv_len - 1)
+    end = jnp.clip(d * block + block - 1 + kv_len, 0, 2 * kv_len - 1)
+    toeplitz = np.arange(num_q_blocks)[:, None] - np.arange(num_kv_blocks) + num_kv_blocks - 1
+    out = []
+    for table in (prefix(offset_weight.astype(jnp.float32)), prefix(offset_count.astype(jnp.int32))):
+      per_diagonal = jnp.where(end > first, table[..., end] - table[..., first], 0)
+      out.append(per_diagonal[..., toeplitz])
+    return out[0], out[1]
   lo, hi = q_coord_bounds(frame)  # [B, H, NQ]
   starts = jnp.arange(frame.shape[-1]) * frame.block_kv  # [NK]
   first = jnp.clip(lo[..., None] - starts - frame.block_kv + 1 + kv_len - 1, 0, 2 * kv_len - 1)
   end = jnp.clip(hi[..., None] - starts + kv_len, 0, 2 * kv_len - 1)  # exclusive
-  prefix = lambda x: jnp.pad(jnp.cumsum(x, axis=-1), [(0, 0)] * (x.ndim - 1) + [(1, 0)])  # noqa: E731
   weight_prefix, count_prefix = prefix(offset_weight.astype(jnp.float32)), prefix(offset_count.astype(jnp.int32))
   take = lambda table, index: jnp.take_along_axis(table, index.reshape(*index.shape[:2], -1), axis=-1).reshape(  # noqa: E731
     index.shape
@@ -202,6 +216,37 @@ def select_blocks(mask, score, must_keep, max_blocks: int, block_q: int, block_k
   # Repeating the last id makes the padding free for the kernels (no new block load is issued).
   kv_blocks = jnp.where(jnp.arange(max_blocks) < count[..., None], kept, jnp.where(count[..., None] > 0, last, 0))
   return BlockLayout(kv_blocks=kv_blocks.astype(jnp.int32), kv_count=count, block_q=block_q, block_kv=block_kv)
+
+
+def layout_from_ranked(ids, valid, max_blocks: int, block_q: int, block_kv: int, num_kv_blocks: int) -> BlockLayout:
+  """A layout from ranked candidate lists: ids int [B, H, NQ, K] best first, valid bool [B, H, NQ, K]; an id listed
+  twice counts at its first (best) place; the first `max_blocks` distinct valid ids are kept. Only [.., K] arrays
+  are sorted, never a [.., NK] row (for patterns whose candidates are known as a short list, e.g. block top-k)."""
+  num = ids.shape[-1]
+  rank = jnp.broadcast_to(jnp.arange(num, dtype=jnp.int32), ids.shape)
+  ids = jnp.where(valid, ids, num_kv_blocks).astype(jnp.int32)
+  by_id, by_id_rank = jax.lax.sort((ids, rank), dimension=-1, num_keys=2)
+  first = jnp.concatenate([jnp.ones_like(by_id[..., :1], bool), by_id[..., 1:] != by_id[..., :-1]], axis=-1)
+  keep = first & (by_id < num_kv_blocks)
+  _, ranked = jax.lax.sort((jnp.where(keep, by_id_rank, num + by_id_rank), by_id), dimension=-1, num_keys=1)
+  count = jnp.minimum(jnp.sum(keep, axis=-1, dtype=jnp.int32), max_blocks)
+  if max_blocks > num:
+    ranked = jnp.pad(ranked, [(0, 0)] * 3 + [(0, max_blocks - num)], constant_values=num_kv_blocks)
+  kept = jnp.sort(jnp.where(jnp.arange(max_blocks) < count[..., None], ranked[..., :max_blocks], num_kv_blocks), -1)
+  last = jnp.take_along_axis(kept, jnp.maximum(count - 1, 0)[..., None], axis=-1)
+  kv_blocks = jnp.where(jnp.arange(max_blocks) < count[..., None], kept, jnp.where(count[..., None] > 0, last, 0))
+  return BlockLayout(kv_blocks=kv_blocks.astype(jnp.int32), kv_count=count, block_q=block_q, block_kv=block_kv)
+
+
+def own_block_ids(frame: Frame) -> tuple[jax.Array, jax.Array]:
+  """For a slot-coordinate frame: the key blocks holding each query block's own slots, int32 [NQ, W] ids and bool
+  [NQ, W] validity, W = ceil(block_q / block_kv) + 1."""
+  num_q_blocks, num_kv_blocks = frame.shape[2:]
+  width = -(-frame.block_q // frame.block_kv) + 1
+  first = np.arange(num_q_blocks) * frame.block_q // frame.block_kv
+  last = ((np.arange(num_q_blocks) + 1) * frame.block_q - 1) // frame.block_kv
+  ids = first[:, None] + np.arange(width)
+  return jnp.asarray(np.minimum(ids, num_kv_blocks - 1), jnp.int32), jnp.asarray(ids <= last[:, None])
 
 
 def finalize(frame: Frame, mask, score, max_blocks: int) -> BlockLayout:

@@ -141,7 +141,6 @@ def _boundary_layout(q, k, modality_ids, plans, mode, num_modalities, block_q, b
   max_blocks = check_blocks(fn, seq_len, k.shape[1], block_q, block_kv, max_blocks, budget)
   ids = _check_ids(fn, modality_ids, batch, seq_len)
   perm = modality_permutation(ids, mode, num_heads=1)  # [B, 1, S]: the same for every head
-  q_p = _slot_order(q, perm.q_perm[:, 0])
   k_p = _slot_order(k, perm.kv_perm[:, 0]) if mode == "2d" else k
   frame = permuted_frame(perm, block_q, block_kv, causal, shared=mode == "2d")
   q_modality = jnp.take_along_axis(ids, perm.q_perm[:, 0], axis=-1)  # [B, S]
@@ -152,6 +151,7 @@ def _boundary_layout(q, k, modality_ids, plans, mode, num_modalities, block_q, b
 
   mask = jnp.zeros((batch, 1, seq_len // block_q, seq_len // block_kv), bool)
   score = jnp.zeros(mask.shape, jnp.float32)
+  estimates = {}  # one estimate per query modality, shared by its (a, b) sub-blocks
   for key, sub_pattern, sub_params in plans:
     a, b = (key, None) if mode == "q" else key
     q_has = jnp.any(q_blocks == a, axis=-1)[:, None, :, None]  # [B, 1, NQ, 1]
@@ -159,7 +159,7 @@ def _boundary_layout(q, k, modality_ids, plans, mode, num_modalities, block_q, b
     sub_mask, sub_score = pattern_blocks(
       sub_pattern,
       dict(sub_params),
-      q=q_p,
+      q=q,
       k=k_p,
       frame=frame,
       segment_end=jnp.sum(q_modality <= a, axis=-1),  # queries are sorted by modality in both modes
@@ -167,6 +167,9 @@ def _boundary_layout(q, k, modality_ids, plans, mode, num_modalities, block_q, b
       key_ok=None if b is None else kv_modality == b,
       allowed=jnp.broadcast_to(allowed, mask.shape),
       sm_scale=scale,
+      estimates=estimates,
+      rows_key=a,
+      q_perm=perm.q_perm[:, 0],
     )
     mask = mask | sub_mask
     score = score + jnp.where(sub_mask, sub_score, 0.0)

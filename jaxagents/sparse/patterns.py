@@ -10,7 +10,16 @@ import jax.numpy as jnp
 
 from jaxagents.sparse.a_shape import a_shape_blocks, a_shape_budget, check_a_shape_params
 from jaxagents.sparse.block_topk import block_topk_blocks, check_topk, pooled_scores
-from jaxagents.sparse.estimate import LAST_Q, Estimate, check_last_q, estimate_logits, estimation_rows, line_sums
+from jaxagents.sparse.estimate import (
+  LAST_Q,
+  Estimate,
+  check_last_q,
+  column_sums,
+  diagonal_sums,
+  estimate_logits,
+  estimation_rows,
+  weighted_probabilities,
+)
 from jaxagents.sparse.grid import check_strides, grid_budget
 from jaxagents.sparse.layouts import Frame, budget_blocks
 from jaxagents.sparse.vertical_slash import (
@@ -79,6 +88,13 @@ def pattern_budget(pattern: str, params: dict, seq_len: int, block_q: int, block
   return seq_len // block_kv
 
 
+def _rows_in_slots(q: jax.Array, q_perm: jax.Array, rows: jax.Array) -> jax.Array:
+  """q [B, S, H, D] (original order) at the query slots `rows` [B, R] of the permutation q_perm [B, S]:
+  [B, R, H, D], a gather of R rows (the permuted q is never built)."""
+  tokens = jnp.take_along_axis(q_perm, rows, axis=-1)
+  return jnp.take_along_axis(q, tokens[:, :, None, None], axis=1)
+
+
 def pattern_blocks(
   pattern: str,
   params: dict,
@@ -91,43 +107,58 @@ def pattern_blocks(
   key_ok: jax.Array | None,
   allowed: jax.Array,
   sm_scale: float,
+  estimates: dict | None = None,
+  rows_key=None,
+  q_perm: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Candidate blocks (bool [B, H, NQ, NK], within `allowed`) and scores of one non-grid pattern.
 
   Args:
     pattern, params: a checked entry of PATTERNS (not 'grid').
-    q: [B, S, Hq, D], k: [B, T, Hkv, D] in slot order.
+    q: [B, S, Hq, D] in slot order, or in the original order with `q_perm` [B, S] (slot -> token; the
+      vertical-slash estimate then gathers its rows only); k: [B, T, Hkv, D] in slot order.
     frame: token placement, arrays [B, 1, N] (shared by every head).
     segment_end: int [B], exclusive end slot of the rows whose last `last_q` queries are the estimate.
     q_ok: bool [B, S], query slots the pattern serves (estimation rows outside it are ignored).
     key_ok: bool [B, T] or None, keys the pattern may pick (vertical-slash sums).
     allowed: bool [B, 1, NQ, NK], block region of the pattern (a modality sub-block).
     sm_scale: score scale of the estimate.
+    estimates, rows_key: a dict shared by the calls of one layout and a hashable name of `segment_end` (e.g. the
+      query modality): calls with equal rows reuse one estimate (logits and softmax statistics), as the 2D
+      boundary's (a, b) sub-blocks of one query modality a do.
   """
   if pattern == "dense":
     mask, score = allowed, jnp.zeros(allowed.shape, jnp.float32)
   elif pattern == "a_shape":
     mask, score = a_shape_blocks(frame, params["n_init"], params["n_local"])
   elif pattern == "block_topk":
-    scores = pooled_scores(q, k, frame.block_q, frame.block_kv, sm_scale)
+    q_slots = q if q_perm is None else jnp.take_along_axis(q, q_perm[:, :, None, None], axis=1)
+    scores = pooled_scores(q_slots, k, frame.block_q, frame.block_kv, sm_scale)
     mask, score = block_topk_blocks(scores, frame, params["topk"], allowed=allowed)
   elif pattern == "vertical_slash":
     last_q = params["last_q"]
     rows = estimation_rows(segment_end, last_q, q.shape[1])  # [B, R]
-    row_positions = jnp.take_along_axis(frame.q_positions[:, 0], rows, axis=-1)
-    visible = frame.kv_positions[:, :, None, :] <= row_positions[:, None, :, None] if frame.causal else True
-    estimate = Estimate(estimate_logits(q, k, rows), jnp.asarray(visible), sm_scale)
-    row_weight = jnp.take_along_axis(q_ok, rows, axis=-1).astype(jnp.float32)[:, None]  # [B, 1, R]
-    key_mask = None if key_ok is None else key_ok[:, None]
-    if frame.slot_coords:  # consecutive rows at consecutive coordinates: shifted adds
-      vertical, diagonal = line_sums(estimate, row_weight, key_mask)
-      slash = slash_from_diagonals(diagonal, rows[:, None, 0], last_q)
+    key = None if estimates is None or rows_key is None else (rows_key, last_q)
+    if key is not None and key in estimates:
+      probs, column = estimates[key]
     else:
-      probs = estimate.probabilities() * row_weight[..., None]
-      if key_mask is not None:
-        probs = jnp.where(key_mask[..., None, :], probs, 0.0)
-      vertical = jnp.sum(probs, axis=-2)
-      slash = slash_from_rows(probs, jnp.take_along_axis(frame.q_coords[:, 0], rows, axis=-1)[:, None])
+      row_positions = jnp.take_along_axis(frame.q_positions[:, 0], rows, axis=-1)
+      visible = frame.kv_positions[:, :, None, :] <= row_positions[:, None, :, None] if frame.causal else True
+      q_rows = q if q_perm is None else _rows_in_slots(q, q_perm, rows)
+      estimate = Estimate(estimate_logits(q_rows, k, 0 if q_perm is not None else rows[:, 0], last_q),
+                          jnp.asarray(visible), sm_scale)
+      row_weight = jnp.take_along_axis(q_ok, rows, axis=-1).astype(jnp.float32)[:, None]  # [B, 1, R]
+      probs = weighted_probabilities(estimate, row_weight)
+      column = column_sums(probs)
+      if key is not None:
+        estimates[key] = probs, column
+    key_mask = None if key_ok is None else key_ok[:, None]
+    vertical = column if key_mask is None else jnp.where(key_mask, column, 0.0)
+    if frame.slot_coords:  # consecutive rows at consecutive coordinates: shifted adds
+      slash = slash_from_diagonals(diagonal_sums(probs, key_mask), rows[:, None, 0], last_q)
+    else:
+      masked = probs if key_mask is None else jnp.where(key_mask[..., None, :], probs, 0.0)
+      slash = slash_from_rows(masked, jnp.take_along_axis(frame.q_coords[:, 0], rows, axis=-1)[:, None])
     mask, score = vertical_slash_blocks(
       vertical,
       slash,

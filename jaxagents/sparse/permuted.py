@@ -24,9 +24,9 @@ from jaxagents.sparse.permutation import Permutation
 from kernels_pallas.block_sparse import BlockLayout, block_sparse_attention
 
 
-def _gather_groups(x: jax.Array, perm: jax.Array) -> jax.Array:
-  """x [B, N, H, D], perm int [B, P, N] with P in {1, H / G...}: out[b, s, h] = x[b, perm[b, p(h), s], h], where
-  the heads are split into P consecutive groups (p(h) = h // (H / P))."""
+def permute_heads(x: jax.Array, perm: jax.Array) -> jax.Array:
+  """x [B, N, H, D], perm int [B, P, N] with P dividing H: out[b, s, h] = x[b, perm[b, p(h), s], h], the heads
+  split into P consecutive groups (p(h) = h // (H / P)); one gather over [B, N, P, (H / P) D]."""
   batch, length, heads, head_dim = x.shape
   groups = perm.shape[1]
   grouped = x.reshape(batch, length, groups, (heads // groups) * head_dim)
@@ -99,9 +99,9 @@ def permuted_sparse_attention(
     return jnp.take_along_axis(positions[:, None, :], perm_slots, axis=-1)
 
   out = block_sparse_attention(
-    _gather_groups(q, perm.q_perm),
-    _gather_groups(k, perm.kv_perm),
-    _gather_groups(v, perm.kv_perm),
+    permute_heads(q, perm.q_perm),
+    permute_heads(k, perm.kv_perm),
+    permute_heads(v, perm.kv_perm),
     layout,
     causal=causal,
     q_positions=permuted_positions(q_positions, perm.q_perm),
@@ -110,4 +110,4 @@ def permuted_sparse_attention(
     backend=backend,
     interpret=interpret,
   )
-  return _gather_groups(out, perm.q_inverse)  # permuted slots -> original order
+  return permute_heads(out, perm.q_inverse)  # permuted slots -> original order

@@ -190,19 +190,59 @@ def vertical_slash(
   max_blocks = check_blocks("vertical_slash", q_len, k.shape[1], block_q, block_kv, max_blocks, budget)
   check_last_q("vertical_slash", last_q, q_len)
   check_vertical_slash_params("vertical_slash", q_len, v_size, s_size, n_forced_vertical, n_forced_slash)
-  frame = identity_frame(batch, 1, q_len, block_q, block_kv, causal)
-  rows = jnp.broadcast_to(jnp.arange(q_len - last_q, q_len, dtype=jnp.int32), (batch, last_q))
-  visible = (jnp.arange(q_len) <= rows[..., None])[:, None] if causal else jnp.bool_(True)
-  estimate = Estimate(estimate_logits(q, k, rows), visible, head_dim**-0.5 if sm_scale is None else sm_scale)
+  vertical, slash = vertical_slash_sums(q, k, last_q=last_q, causal=causal, sm_scale=sm_scale)
+  return vertical_slash_layout(
+    vertical, slash, v_size, s_size, num_rows=last_q, block_q=block_q, block_kv=block_kv, max_blocks=max_blocks,
+    causal=causal, n_forced_vertical=n_forced_vertical, n_forced_slash=n_forced_slash,
+  )
+
+
+@functools.partial(jax.jit, static_argnames=("last_q", "causal", "sm_scale"))
+def vertical_slash_sums(
+  q: jax.Array, k: jax.Array, *, last_q: int = LAST_Q, causal: bool = True, sm_scale: float | None = None
+) -> tuple[jax.Array, jax.Array]:
+  """The estimate stage of `vertical_slash`: (vertical float32 [B, Hq, T], slash float32 [B, Hq, 2T - 1]) sums
+  of the Last-Q estimate over unpermuted tokens (slash index o + T - 1 for offset o)."""
+  batch, q_len, heads, head_dim = q.shape
+  rows = jnp.arange(q_len - last_q, q_len, dtype=jnp.int32)
+  visible = (jnp.arange(q_len) <= rows[:, None])[None, None] if causal else jnp.bool_(True)
+  logits = estimate_logits(q, k, q_len - last_q, last_q)
+  estimate = Estimate(logits, visible, head_dim**-0.5 if sm_scale is None else sm_scale)
   vertical, diagonal = line_sums(estimate)
-  slash = slash_from_diagonals(diagonal, jnp.full((batch, heads), q_len - last_q), last_q)
+  return vertical, slash_from_diagonals(diagonal, jnp.full((batch, heads), q_len - last_q), last_q)
+
+
+@functools.partial(
+  jax.jit,
+  static_argnames=("v_size", "s_size", "num_rows", "block_q", "block_kv", "max_blocks", "causal",
+                   "n_forced_vertical", "n_forced_slash"),
+)
+def vertical_slash_layout(
+  vertical: jax.Array,
+  slash: jax.Array,
+  v_size: int,
+  s_size: int,
+  *,
+  num_rows: int = LAST_Q,
+  block_q: int = 64,
+  block_kv: int = 64,
+  max_blocks: int | None = None,
+  causal: bool = True,
+  n_forced_vertical: int = FORCED_COLUMNS,
+  n_forced_slash: int = FORCED_DIAGONALS,
+) -> BlockLayout:
+  """The layout stage of `vertical_slash`, from `vertical_slash_sums`' sums (same arguments)."""
+  batch, heads, kv_len = vertical.shape
+  budget = vertical_slash_budget(v_size, s_size, block_q, block_kv)
+  max_blocks = check_blocks("vertical_slash", kv_len, kv_len, block_q, block_kv, max_blocks, budget)
+  frame = identity_frame(batch, 1, kv_len, block_q, block_kv, causal)
   mask, score = vertical_slash_blocks(
     vertical,
     slash,
     frame,
     v_size,
     s_size,
-    num_rows=last_q,
+    num_rows=num_rows,
     n_forced_vertical=n_forced_vertical,
     n_forced_slash=n_forced_slash,
   )

@@ -100,6 +100,14 @@ def _kernel(
     lse_ref[0][...] = jnp.where(empty, -jnp.inf, (row_max + jnp.log2(safe_sum)) * math.log(2.0))
 
 
+def launch_config(block_q: int, block_kv: int, head_dim: int) -> tuple[int, int]:
+  """(num_warps, num_stages) for a program's tiles: 8 warps once the score tile reaches 128 x 64 with d > 64, else 4
+  (jax's Pallas `mha` and the Triton fused-attention tutorial use 4 for d <= 64, 8 above); 3 pipeline stages for
+  d <= 64, where the K/V tiles are small enough to triple-buffer in shared memory, else 2."""
+  big_tile = block_q * block_kv >= 128 * 64 and head_dim > 64
+  return (8 if big_tile else 4), (3 if head_dim <= 64 else 2)
+
+
 @functools.partial(
   jax.jit, static_argnames=("causal", "sm_scale", "interpret", "return_lse", "num_warps", "num_stages")
 )
@@ -116,7 +124,7 @@ def block_sparse_attention_triton(
   interpret=False,
   return_lse: bool = False,
   num_warps: int | None = None,
-  num_stages: int = 2,
+  num_stages: int | None = None,
 ):
   """Block-sparse attention forward on the Triton lowering (inputs already validated by the API).
 
@@ -126,8 +134,8 @@ def block_sparse_attention_triton(
     q_positions: int32 [B, P, S]; kv_positions: int32 [B, P, T]; P in {1, Hkv}.
     causal, sm_scale: see `block_sparse_attention`; with `causal`, layout.partial must be set.
     interpret: run the Pallas interpreter (CPU tests).
-    num_warps: Triton warps per program; default 4 for head_dim <= 64, else 8 (jax's `mha` heuristic).
-    num_stages: Triton software-pipelining depth of the kv loop.
+    num_warps, num_stages: Triton warps per program and software-pipelining depth of the kv loop; default
+      `launch_config(block_q, block_kv, padded head_dim)`.
   Returns:
     out [B, S, Hq, D] (q.dtype), and lse float32 [B, Hq, S] if return_lse.
   """
@@ -185,6 +193,7 @@ def block_sparse_attention_triton(
     out_specs.append(pl.BlockSpec((None, None, block_q), lse_map))
 
   partial = jnp.ones(layout.kv_blocks.shape, jnp.int32) if layout.partial is None else layout.partial.astype(jnp.int32)
+  default_warps, default_stages = launch_config(block_q, block_kv, padded_dim)
   kernel = functools.partial(_kernel, causal=causal, qk_scale=sm_scale * math.log2(math.e), block_kv=block_kv)
   results = pl.pallas_call(
     kernel,
@@ -192,7 +201,7 @@ def block_sparse_attention_triton(
     in_specs=in_specs,
     out_specs=out_specs,
     out_shape=out_shape,
-    compiler_params=TritonCompilerParams(num_warps=num_warps or (4 if padded_dim <= 64 else 8), num_stages=num_stages),
+    compiler_params=TritonCompilerParams(num_warps=num_warps or default_warps, num_stages=num_stages or default_stages),
     interpret=interpret,
     name="block_sparse_attention_fwd",
   )(q, k, v, q_positions, kv_positions, layout.kv_blocks, partial, layout.kv_count[..., None])

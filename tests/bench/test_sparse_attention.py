@@ -17,8 +17,12 @@ def test_benchmark_runs_on_a_tiny_shape_and_reports_every_configuration(tmp_path
                      "32", "--block", "64", "--frame", "4x8", "--repeats", "1", "--dtype", "float32", "--backend",
                      "xla", "--out", str(out)])
   configs = [r["config"] for r in rows]
-  assert configs == ["anchor: dense causal", "dense-layout kernel", "random layout", "grid (video): search",
-                     "grid (video): permute", "grid (video): kernel", "grid (video): total"]
+  assert configs == [
+    "anchor: dense causal", "dense-layout kernel", "random layout",
+    *(f"vertical-slash: {stage}" for stage in ("estimate", "layout", "kernel", "total")),
+    *(f"grid (video): {stage}" for stage in ("estimate", "layout", "permute", "kernel", "total")),
+    *(f"2d boundary (video + text): {stage}" for stage in ("estimate + layout", "permute", "kernel", "total")),
+  ]
   assert all(r["skipped"] is None and r["ms"] > 0 and r["seq"] == SEQ for r in rows)
   by_config = {r["config"]: r for r in rows}
   causal = SEQ * (SEQ + 1) // 2
@@ -29,8 +33,11 @@ def test_benchmark_runs_on_a_tiny_shape_and_reports_every_configuration(tmp_path
   assert by_config["random layout"]["kept_pairs"] == 4 * 64 * 65 // 2
   assert by_config["anchor: dense causal"]["speedup"] is None and by_config["random layout"]["speedup"] > 0
   grid_total = by_config["grid (video): total"]
-  parts = sum(by_config[f"grid (video): {stage}"]["ms"] for stage in ("search", "permute", "kernel"))
+  parts = sum(by_config[f"grid (video): {stage}"]["ms"] for stage in ("estimate", "layout", "permute", "kernel"))
   assert np.isclose(grid_total["ms"], parts)
+  for name in ("vertical-slash", "2d boundary (video + text)"):
+    total = by_config[f"{name}: total"]
+    assert 0 < total["density"] <= 1 and total["kept_pairs"] == by_config[f"{name}: kernel"]["kept_pairs"]
   assert grid_total["stride"] == 4 * 8 and grid_total["phase"] == 8 + 1  # the planted frame stride and column
   assert 0 < grid_total["density"] < 1 and grid_total["tflops"] > 0
   table = capsys.readouterr().out
