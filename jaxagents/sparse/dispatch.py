@@ -135,7 +135,7 @@ def build_head_layout(
   """Layout (and permutation, None for unpermuted heads) of heads sharing `spec`.
 
   q: [B, S, G, D], k: [B, T, Gkv, D] (G a multiple of Gkv); returns a layout [B, G or Gkv, S / block_q, MAXN] and
-  a permutation [B, Gkv or 1, N]. `head_weight` [G] (0 or 1) marks the query heads the spec serves (grid search).
+  a permutation [B, Gkv or 1, N]. `head_weight` [G] (0 or 1) marks the query heads that run this config (grid search).
   """
   batch, seq_len, heads, _ = q.shape
   kv_heads = k.shape[2]

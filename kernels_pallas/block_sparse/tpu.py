@@ -17,8 +17,9 @@ A step without MASK is a full block (or the kernel is not causal): the body that
 applies the causal mask runs. Steps that do not compute (empty rows, padding) repeat the previous computing step's
 kv id, so the pipeline sees an unchanged K/V block index and issues no DMA (splash's `data_next` trick).
 
-Chunks (SMEM). The words are scalar-prefetched into the core's scalar memory, which holds little (1 MiB or less);
-`SMEM_WORD_BUDGET` = 256K int32 words bounds what one pallas_call prefetches. Rows are cut into static groups of
+Chunks (SMEM). The words are scalar-prefetched into the core's scalar memory, which holds little (1 MiB per core on
+TPU v4 and later, 16 KiB on v2/v3: jax's `pallas/mosaic/tpu_info.py`); `SMEM_WORD_BUDGET` = 128K int32 words (half
+of it, leaving room for Mosaic's own scalars) bounds what one pallas_call prefetches. Rows are cut into static groups of
 `rows_per_chunk` consecutive rows (`StepPlan`), so no row straddles two calls (its m, l, acc live in VMEM scratch
 for one call) and a chunk's step count is bounded by rows_per_chunk * MAXN, the static length of its word array;
 rows_per_chunk = (budget - 2) // MAXN (the 2: the chunk's first row and the grid bound). Static row groups keep the
@@ -55,8 +56,8 @@ from kernels_pallas.block_sparse._compat import TPUCompilerParams, pl, pltpu
 from kernels_pallas.block_sparse.layout import BlockLayout
 
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
-# Scalar-prefetch words (int32) one pallas_call may use: 1 MiB, the scalar memory of a TPU core (at most).
-SMEM_WORD_BUDGET = 256 * 1024
+# Scalar-prefetch words (int32) one pallas_call may use: 512 KiB, half the scalar memory of a TPU v4+ core.
+SMEM_WORD_BUDGET = 128 * 1024
 _COMPUTE, _FIRST, _LAST, _MASK = 1, 2, 4, 8
 _NUM_FLAGS = 4
 _NT = (((1,), (1,)), ((), ()))  # q @ k^T
