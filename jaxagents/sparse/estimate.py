@@ -57,9 +57,14 @@ def estimate_logits(q: jax.Array, k: jax.Array, rows: jax.Array | int, last_q: i
   else:
     q_rows = jnp.take_along_axis(q, rows[:, :, None, None], axis=1)  # [B, R, Hq, D]
   num_rows = q_rows.shape[1]
-  q_rows = q_rows.reshape(batch, num_rows, num_kv_heads, num_q_heads // num_kv_heads, head_dim)
+  groups = num_q_heads // num_kv_heads
+  # [B, Hkv, G, R, D] x [B, T, Hkv, D] -> [B, Hkv, G, R, T] straight out of the matmul (batch dims, then the free
+  # dims in order), so no transpose of the [Hq, R, T] logits follows.
+  q_rows = q_rows.reshape(batch, num_rows, num_kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
   precision = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
-  logits = jnp.einsum("brkgd,btkd->bkgrt", q_rows, k, precision=precision, preferred_element_type=jnp.float32)
+  logits = jax.lax.dot_general(
+    q_rows, k, (((4,), (3,)), ((0, 1), (0, 2))), precision=precision, preferred_element_type=jnp.float32
+  )
   return logits.reshape(batch, num_q_heads, num_rows, k.shape[1])
 
 

@@ -198,8 +198,9 @@ def block_sparse_attention(
   kv_positions[t] <= q_positions[s] or the layout marks the block full (`layout.partial`; computed here from the
   positions when the layout carries no kinds, so that the kernels mask only the partial blocks). Positions are the
   tokens' *original* positions, so permuted inputs (MMInference's grid/modality permutations) stay causal. Rows
-  with no visible key return out = 0 and lse = -inf. Jit-able: the layout's values (listed ids in [0, T / block_kv), no id twice in a row, counts in
-  [0, MAXN]) are checked when its arrays are concrete, and skipped when they are traced (`check_layout_values`).
+  with no visible key return out = 0 and lse = -inf. Jit-able: the layout's values (listed ids in [0, T / block_kv),
+  no id twice in a row, counts in [0, MAXN], no crossing block marked full) are checked when its arrays are
+  concrete, and skipped when they are traced (`check_layout_values`, `check_block_kinds`).
 
   Args:
     q: [B, S, Hq, D] queries, float32/bfloat16/float16.
