@@ -2,6 +2,7 @@
 2504.16083, reports up to 8.3x over FlashAttention-2 at 1M tokens on an A100; here the anchor is cuDNN).
 
     python -m jaxagents.bench.sparse_attention --seq 32768,131072,1048576 --density 1.0,0.25,0.1,0.05
+    python -m jaxagents.bench.sparse_attention --backend pallas_mosaic_gpu   # the Hopper (FA3-style) kernel
 
 bf16, B = 1, Qwen2.5-VL-7B head shape by default (28 query heads, 4 kv heads, d = 128). For each length S:
   * anchor: dense causal attention, `jaxagents.layers.attention(..., backend="cudnn")` on a GPU, "xla" elsewhere;
@@ -321,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   parser.add_argument("--frame", default="16x16", help="h x w tokens per frame of the synthetic video (grid rows)")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-  parser.add_argument("--backend", default="auto", help="kernel backend: auto, pallas_triton, pallas_tpu, xla")
+  parser.add_argument("--backend", default="auto",
+                      help="kernel backend: auto, pallas_mosaic_gpu (Hopper), pallas_triton, pallas_tpu, xla")
   parser.add_argument("--interpret", action="store_true", help="run the Pallas kernel in interpret mode")
   parser.add_argument("--out", help="also write the rows as JSON here")
   args = parser.parse_args(argv)

@@ -1,8 +1,12 @@
 """`block_sparse_attention`: one entry point, backend picked by platform (the kernel of MMInference, arXiv 2504.16083).
 
 Backends (`BACKENDS`), all with the same masking semantics (see `reference.py`):
-  * 'pallas_triton' -- Pallas, Triton lowering (`gpu_triton.py`); the GPU backend. Runs on a GPU, or anywhere
-                       with `interpret=True`.
+  * 'pallas_mosaic_gpu' -- Pallas Mosaic GPU, FlashAttention-3 style for Hopper (`gpu_mosaic.py`: warp-specialised,
+                       TMA, wgmma); bf16/f16. Opt-in (`backend='pallas_mosaic_gpu'`, or `('pallas_mosaic_gpu',
+                       'pallas_triton')` to fall back) until it has run on an H100/H200: checked so far by lowering
+                       for cuda and in jax's Mosaic GPU interpreter (`interpret=True`).
+  * 'pallas_triton' -- Pallas, Triton lowering (`gpu_triton.py`); the GPU backend of 'auto', for any GPU. Runs on a
+                       GPU, or anywhere with `interpret=True`.
   * 'pallas_tpu'    -- Pallas Mosaic TPU (`tpu.py`), scalar-prefetched block lists. Runs on a TPU, or anywhere
                        with `interpret=True` / `pltpu.InterpretParams()`.
   * 'xla'           -- the dense masked reference (`reference.py`), O(S * T) memory; the CPU fallback.
@@ -14,7 +18,7 @@ call runs on. An eager call runs on `jax.default_backend()`. A traced call (unde
 with `jax.jit(f).trace(...).lower(lowering_platforms=...)` / `jax.export`) is decided by the *lowering* platform:
 the candidates are staged out with `jax.lax.platform_dependent`, so a CPU process can lower the GPU and TPU paths.
 A single platform-specific backend under tracing is taken as given (lowering it elsewhere fails in Pallas).
-No Hopper-specific (Mosaic GPU / wgmma) backend exists yet. Forward only: no VJP is defined (MMInference
+Forward only: no VJP is defined (MMInference
 accelerates the prefill of inference).
 """
 
@@ -25,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels_pallas.block_sparse import gpu_mosaic
 from kernels_pallas.block_sparse._compat import is_tpu_interpret_params
 from kernels_pallas.block_sparse.gpu_triton import block_sparse_attention_triton
 from kernels_pallas.block_sparse.layout import (
@@ -43,18 +48,32 @@ _AUTO = ("pallas_triton", "pallas_tpu", "xla")
 
 # The lowering platforms each Pallas backend compiles for without `interpret`; 'xla', and a Pallas backend run
 # in the interpreter, lower for every platform.
-PLATFORMS: dict[str, tuple[str, ...]] = {"pallas_triton": ("cuda", "rocm"), "pallas_tpu": ("tpu",)}
+PLATFORMS: dict[str, tuple[str, ...]] = {
+  "pallas_mosaic_gpu": ("cuda",),
+  "pallas_triton": ("cuda", "rocm"),
+  "pallas_tpu": ("tpu",),
+}
 
 
 def _is_pow2(n: int) -> bool:
   return n > 0 and n & (n - 1) == 0
 
 
-def _check_xla(layout: BlockLayout, interpret) -> None:
-  del layout, interpret
+def _check_xla(layout: BlockLayout, interpret, q) -> None:
+  del layout, interpret, q
 
 
-def _check_triton(layout: BlockLayout, interpret) -> None:
+def _check_mosaic_gpu(layout: BlockLayout, interpret, q) -> None:
+  if is_tpu_interpret_params(interpret):
+    raise NotImplementedError(
+      "block_sparse_attention: backend 'pallas_mosaic_gpu' takes interpret=True, not a pltpu.InterpretParams"
+    )
+  _, q_len, _, head_dim = q.shape
+  config = gpu_mosaic.choose_config(layout.block_q, layout.block_kv, head_dim, q_len, jnp.dtype(q.dtype).itemsize)
+  gpu_mosaic.check_supported(layout, q_len, head_dim, q.dtype, config)
+
+
+def _check_triton(layout: BlockLayout, interpret, q=None) -> None:
   if is_tpu_interpret_params(interpret):
     raise NotImplementedError(
       "block_sparse_attention: backend 'pallas_triton' takes interpret=True, not a pltpu.InterpretParams"
@@ -67,7 +86,7 @@ def _check_triton(layout: BlockLayout, interpret) -> None:
       )
 
 
-def _check_tpu(layout: BlockLayout, interpret) -> None:
+def _check_tpu(layout: BlockLayout, interpret, q=None) -> None:
   if not interpret and (layout.block_q % 8 or layout.block_kv % 8):
     raise NotImplementedError(
       f"block_sparse_attention: backend 'pallas_tpu' needs layout.block_q and layout.block_kv multiples of 8 "
@@ -102,6 +121,14 @@ def _run_triton(q, k, v, layout, q_positions, kv_positions, *, causal, sm_scale,
   )
 
 
+def _run_mosaic_gpu(q, k, v, layout, q_positions, kv_positions, *, causal, sm_scale, interpret, return_lse):
+  _check_mosaic_gpu(layout, interpret, q)
+  return gpu_mosaic.block_sparse_attention_mosaic_gpu(
+    q, k, v, layout, q_positions, kv_positions, causal=causal, sm_scale=sm_scale, interpret=interpret,
+    return_lse=return_lse,
+  )
+
+
 def _run_tpu(q, k, v, layout, q_positions, kv_positions, *, causal, sm_scale, interpret, return_lse):
   _check_tpu(layout, interpret)
   return block_sparse_attention_tpu(
@@ -121,8 +148,18 @@ def _run_tpu(q, k, v, layout, q_positions, kv_positions, *, causal, sm_scale, in
 # name -> fn(q, k, v, layout, q_positions, kv_positions, *, causal, sm_scale, interpret, return_lse); a backend
 # raises NotImplementedError when its lowering cannot take the call's block sizes or `interpret` (the platforms
 # it lowers for are in PLATFORMS).
-BACKENDS: dict[str, Callable] = {"pallas_triton": _run_triton, "pallas_tpu": _run_tpu, "xla": _run_xla}
-_CHECKS: dict[str, Callable] = {"pallas_triton": _check_triton, "pallas_tpu": _check_tpu, "xla": _check_xla}
+BACKENDS: dict[str, Callable] = {
+  "pallas_mosaic_gpu": _run_mosaic_gpu,
+  "pallas_triton": _run_triton,
+  "pallas_tpu": _run_tpu,
+  "xla": _run_xla,
+}
+_CHECKS: dict[str, Callable] = {
+  "pallas_mosaic_gpu": _check_mosaic_gpu,
+  "pallas_triton": _check_triton,
+  "pallas_tpu": _check_tpu,
+  "xla": _check_xla,
+}
 
 
 def _lowering_platforms(name: str, interpret, auto: bool) -> tuple[str, ...] | None:
@@ -254,7 +291,7 @@ def block_sparse_attention(
   errors, candidates, platforms = [], [], {}
   for name in names:
     try:
-      _CHECKS[name](layout, interpret)
+      _CHECKS[name](layout, interpret, q)
     except NotImplementedError as error:
       errors.append(f"{name}: {error}")
       continue

@@ -18,8 +18,9 @@ GQA: the grid is (Hq / Hkv, NQ, B * Hkv) with the group axis fastest, so the que
 
 Constraints of the Triton lowering (checked by the API): block_q, block_kv powers of two >= 16; head_dim is
 zero-padded here to a power of two >= 16 when it is not one (exact: zero columns add nothing to q.k, and the
-padded output columns are dropped). This is the GPU backend for now, meant for any GPU the Triton lowering takes. A
-Hopper-specific (Mosaic GPU, wgmma/TMA, warp-specialised) path is not implemented. Checked without a GPU:
+padded output columns are dropped). This is 'auto''s GPU backend, for any GPU the Triton lowering takes; the
+Hopper-specific FlashAttention-3-style kernel (Mosaic GPU: wgmma, TMA, warp-specialised) is `gpu_mosaic.py`.
+Only partial blocks (`layout.partial`) read key positions and apply the causal mask. Checked without a GPU:
 results in interpret mode on CPU, and that the Triton lowering accepts the kernel (cross-platform lowering for
 CUDA). Not checked: PTX compilation, running on a GPU, and speed (an earlier prototype of this design reached
 290-350 TFLOP/s on kept blocks on an H100, an unpublished measurement; this file's kernel has not been timed).

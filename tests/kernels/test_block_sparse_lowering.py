@@ -109,3 +109,19 @@ def test_sparse_attention_entry_point_lowers_the_platforms_kernel_at_production_
   text = fn.trace(q, k, v).lower(lowering_platforms=(platform,)).as_text()
   assert CUSTOM_CALLS[platform] in text
   assert CUSTOM_CALLS["tpu" if platform == "cuda" else "cuda"] not in text
+
+
+def test_public_api_lowers_the_hopper_kernel_when_asked_and_falls_back_to_triton_where_it_cannot():
+  q, k, v, layout = _production_inputs(128)
+  hopper = ("pallas_mosaic_gpu", "pallas_triton")
+  fn = jax.jit(lambda q, k, v, layout: block_sparse_attention(q, k, v, layout, backend=hopper, return_lse=True))
+  text = fn.trace(q, k, v, layout).lower(lowering_platforms=("cuda",)).as_text()
+  assert "mosaic_gpu" in text and CUSTOM_CALLS["cuda"] not in text
+  # float32 inputs: wgmma takes bf16/f16 only, so the sequence falls back to the Triton kernel.
+  f32 = [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v)]
+  text = fn.trace(*f32, layout).lower(lowering_platforms=("cuda",)).as_text()
+  assert CUSTOM_CALLS["cuda"] in text and "mosaic_gpu" not in text
+  with pytest.raises(NotImplementedError, match="bfloat16 or float16"):
+    jax.jit(lambda *a: block_sparse_attention(*a, backend="pallas_mosaic_gpu")).trace(*f32, layout).lower(
+      lowering_platforms=("cuda",)
+    )
