@@ -6,8 +6,9 @@
 
 Files: `layout.py` (BlockLayout, block kinds and their contract), `reference.py` (dense masked oracle),
 `gpu_triton.py` (Pallas GPU, Triton lowering, any GPU), `gpu_mosaic.py` (Pallas Mosaic GPU, FlashAttention-3 style
-for Hopper) and `gpu_mosaic_config.py` (its tuning and shape checks), `tpu.py` (Pallas TPU, a grid over the kept blocks with chunked scalar prefetch), `api.py` (dispatch),
-`_compat.py` (Pallas names that moved between JAX releases).
+for Hopper) with `gpu_mosaic_config.py` (its tuning and shape checks), `tpu.py` (Pallas TPU, a grid over the kept
+blocks with chunked scalar prefetch), `api.py` (dispatch), `_compat.py` (Pallas names that moved between JAX
+releases).
 """
 
 from kernels_pallas.block_sparse.api import BACKENDS, block_sparse_attention
