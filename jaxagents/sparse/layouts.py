@@ -124,13 +124,18 @@ def causal_blocks(frame: Frame) -> jax.Array:
   return earliest_key[..., None, :] <= latest_query[..., :, None]
 
 
+def _own_block_range(frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+  """For a slot-coordinate frame: (first, last) key block holding each query block's own slots, int [NQ] each."""
+  query_blocks = np.arange(frame.shape[2])
+  return query_blocks * frame.block_q // frame.block_kv, ((query_blocks + 1) * frame.block_q - 1) // frame.block_kv
+
+
 def diagonal_blocks(frame: Frame) -> jax.Array:
   """bool [B, H, NQ, NK]: key blocks holding the own token of some query of the block (always visible)."""
   batch, heads, num_q_blocks, num_kv_blocks = frame.shape
   if frame.slot_coords:  # own tokens = the block's slots: a contiguous run of key blocks
-    first = jnp.arange(num_q_blocks) * frame.block_q // frame.block_kv
-    last = ((jnp.arange(num_q_blocks) + 1) * frame.block_q - 1) // frame.block_kv
-    n = jnp.arange(num_kv_blocks)
+    first, last = _own_block_range(frame)
+    n = np.arange(num_kv_blocks)
     return jnp.broadcast_to((n >= first[:, None]) & (n <= last[:, None]), (batch, heads, num_q_blocks, num_kv_blocks))
   q_len = frame.q_coords.shape[-1]
   b, h = jnp.ogrid[:batch, :heads]
@@ -140,22 +145,24 @@ def diagonal_blocks(frame: Frame) -> jax.Array:
   return marks > 0
 
 
-def offset_blocks(frame: Frame, offset_weight: jax.Array, offset_count: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per (query block i, key block n): the summed weight and count of the chosen offsets o whose keys
+def offset_blocks(frame: Frame, *tables: jax.Array) -> tuple[jax.Array, ...]:
+  """Per (query block i, key block n) and per table: the sum of the table over the chosen offsets o whose keys
   [lo_i - o, hi_i - o] (the block's coordinate span shifted by o; `q_coord_bounds`) meet key block n, i.e.
   lo_i - (n + 1) block_kv < o <= hi_i - n block_kv. Prefix sums over the offsets make each pair O(1): one fused
-  elementwise pass over [B, H, NQ, NK], no scatter (MInference's merged `block_offset` ranges of
+  elementwise pass over [B, H, NQ, NK] per table, no scatter (MInference's merged `block_offset` ranges of
   `csrc/vertical_slash_index.cu`, at block granularity).
 
   Args:
     frame: token placement (T keys).
-    offset_weight: float32 [B, H, 2T - 1], weight of offset o = index - (T - 1) (0 where not chosen).
-    offset_count: int32 [B, H, 2T - 1], 1 where chosen.
+    tables: [B, H, 2T - 1] each, the value of offset o = index - (T - 1) (0 where not chosen): float weights or
+      int counts (summed in float32 / int32).
   Returns:
-    (float32 [B, H, NQ, NK] summed weight, int32 [B, H, NQ, NK] count).
+    one [B, H, NQ, NK] sum per table, in float32 or int32.
   """
   kv_len = frame.kv_positions.shape[-1]
-  prefix = lambda x: jnp.pad(jnp.cumsum(x, axis=-1), [(0, 0)] * (x.ndim - 1) + [(1, 0)])  # noqa: E731
+  accumulate = lambda x: jnp.int32 if jnp.issubdtype(x.dtype, jnp.integer) else jnp.float32  # noqa: E731
+  prefixes = [jnp.pad(jnp.cumsum(x.astype(accumulate(x)), axis=-1), [(0, 0)] * (x.ndim - 1) + [(1, 0)])
+              for x in tables]
   if frame.slot_coords and frame.block_q == frame.block_kv:
     # Query block i holds slots [i b, i b + b - 1], so the offsets meeting key block n depend on d = i - n only:
     # one vector over d, expanded to [NQ, NK] by a gather with a constant (Toeplitz) index.
@@ -164,27 +171,20 @@ def offset_blocks(frame: Frame, offset_weight: jax.Array, offset_count: jax.Arra
     first = jnp.clip(d * block - block + kv_len, 0, 2 * kv_len - 1)
     end = jnp.clip(d * block + block - 1 + kv_len, 0, 2 * kv_len - 1)
     toeplitz = np.arange(num_q_blocks)[:, None] - np.arange(num_kv_blocks) + num_kv_blocks - 1
-    out = []
-    for table in (prefix(offset_weight.astype(jnp.float32)), prefix(offset_count.astype(jnp.int32))):
-      per_diagonal = jnp.where(end > first, table[..., end] - table[..., first], 0)
-      out.append(per_diagonal[..., toeplitz])
-    return out[0], out[1]
+    return tuple(jnp.where(end > first, table[..., end] - table[..., first], 0)[..., toeplitz] for table in prefixes)
   lo, hi = q_coord_bounds(frame)  # [B, H, NQ]
   starts = jnp.arange(frame.shape[-1]) * frame.block_kv  # [NK]
   first = jnp.clip(lo[..., None] - starts - frame.block_kv + 1 + kv_len - 1, 0, 2 * kv_len - 1)
   end = jnp.clip(hi[..., None] - starts + kv_len, 0, 2 * kv_len - 1)  # exclusive
-  weight_prefix, count_prefix = prefix(offset_weight.astype(jnp.float32)), prefix(offset_count.astype(jnp.int32))
-  take = lambda table, index: jnp.take_along_axis(table, index.reshape(*index.shape[:2], -1), axis=-1).reshape(  # noqa: E731
-    index.shape
-  )
-  batch_heads = jnp.broadcast_shapes(first.shape[:2], weight_prefix.shape[:2])
+  batch_heads = jnp.broadcast_shapes(first.shape[:2], *(x.shape[:2] for x in prefixes))
   first, end = (jnp.broadcast_to(x, (*batch_heads, *x.shape[2:])) for x in (first, end))
-  weight_prefix, count_prefix = (
-    jnp.broadcast_to(x, (*batch_heads, x.shape[-1])) for x in (weight_prefix, count_prefix)
-  )
-  weight = take(weight_prefix, end) - take(weight_prefix, first)
-  count = take(count_prefix, end) - take(count_prefix, first)
-  return jnp.where(end > first, weight, 0.0), jnp.where(end > first, count, 0)
+  flat = lambda index: index.reshape(*index.shape[:2], -1)  # noqa: E731
+  sums = []
+  for table in prefixes:
+    table = jnp.broadcast_to(table, (*batch_heads, table.shape[-1]))
+    total = jnp.take_along_axis(table, flat(end), axis=-1) - jnp.take_along_axis(table, flat(first), axis=-1)
+    sums.append(jnp.where(end > first, total.reshape(end.shape), 0))
+  return tuple(sums)
 
 
 def select_blocks(mask, score, must_keep, max_blocks: int, block_q: int, block_kv: int) -> BlockLayout:
@@ -241,12 +241,10 @@ def layout_from_ranked(ids, valid, max_blocks: int, block_q: int, block_kv: int,
 def own_block_ids(frame: Frame) -> tuple[jax.Array, jax.Array]:
   """For a slot-coordinate frame: the key blocks holding each query block's own slots, int32 [NQ, W] ids and bool
   [NQ, W] validity, W = ceil(block_q / block_kv) + 1."""
-  num_q_blocks, num_kv_blocks = frame.shape[2:]
   width = -(-frame.block_q // frame.block_kv) + 1
-  first = np.arange(num_q_blocks) * frame.block_q // frame.block_kv
-  last = ((np.arange(num_q_blocks) + 1) * frame.block_q - 1) // frame.block_kv
+  first, last = _own_block_range(frame)
   ids = first[:, None] + np.arange(width)
-  return jnp.asarray(np.minimum(ids, num_kv_blocks - 1), jnp.int32), jnp.asarray(ids <= last[:, None])
+  return jnp.asarray(np.minimum(ids, frame.shape[3] - 1), jnp.int32), jnp.asarray(ids <= last[:, None])
 
 
 def finalize(frame: Frame, mask, score, max_blocks: int) -> BlockLayout:

@@ -132,10 +132,9 @@ def vertical_slash_blocks(
   unboosted = jnp.zeros((batch, heads, 2 * kv_len - 1)).at[b, h, slash_index].add(
     slash_scores - boost * forced[slash_index]
   )
-  slash_weight, slash_count = offset_blocks(frame, unboosted, chosen)
-  forced_weight, _ = offset_blocks(frame, (chosen * forced).astype(jnp.float32), chosen * 0)
+  slash_weight, forced_count, slash_count = offset_blocks(frame, unboosted, chosen * forced, chosen)
   mask = (slash_count > 0) | (column_counts > 0)[..., None, :]
-  return mask, slash_weight + boost * forced_weight + column_weight[..., None, :]
+  return mask, slash_weight + boost * forced_count + column_weight[..., None, :]
 
 
 @functools.partial(
