@@ -2,13 +2,15 @@
 2504.16083, reports up to 8.3x over FlashAttention-2 at 1M tokens on an A100; here the anchor is cuDNN).
 
     python -m jaxagents.bench.sparse_attention --seq 32768,131072,1048576 --density 1.0,0.25,0.1,0.05
-    python -m jaxagents.bench.sparse_attention --backend pallas_mosaic_gpu   # the Hopper (FA3-style) kernel
+    python -m jaxagents.bench.sparse_attention --backend pallas_mosaic_gpu,pallas_triton   # Hopper kernel first
 
 bf16, B = 1, Qwen2.5-VL-7B head shape by default (28 query heads, 4 kv heads, d = 128). For each length S:
   * anchor: dense causal attention, `jaxagents.layers.attention(..., backend="cudnn")` on a GPU, "xla" elsewhere;
   * dense-layout kernel: `block_sparse_attention` with every causal block listed;
   * random layout: the kernel on a random causal block layout of each density < 1 (fraction of the causal
-    blocks kept, the diagonal always among them), one layout per kv head (GQA group);
+    blocks kept, the diagonal always among them), one layout per kv head (GQA group); these rows and the
+    dense-layout one are timed for every backend of `--backend` (comma-separated), the pipelines below for the
+    first;
   * the whole sparse prefill, stage by stage, each stage timed on its own and "total" their sum:
       - vertical-slash (random input, MInference's 1000 columns and 6096 diagonals): estimate (the Last-Q
         estimate's column and diagonal sums), layout (blocks from those sums), kernel;
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
 from collections.abc import Sequence
 
 import jax
@@ -37,6 +40,7 @@ import numpy as np
 
 from jaxagents.bench.report import cell, median_time, publish
 from jaxagents.layers import attention
+from jaxagents.sparse.block_topk import block_topk
 from jaxagents.sparse.grid import grid_budget, grid_layout, grid_search
 from jaxagents.sparse.modality import boundary_layout
 from jaxagents.sparse.permuted import permute_heads
@@ -144,7 +148,7 @@ def _skip_reason(error: Exception) -> str:
 
 def run(seqs: Sequence[int], densities: Sequence[float], *, heads: int = 28, kv_heads: int = 4, head_dim: int = 128,
         block: int = 128, frame: tuple[int, int] = (16, 16), repeats: int = 5, dtype=jnp.bfloat16,
-        backend: str = "auto", interpret: bool = False) -> list[dict]:
+        backend: str = "auto", interpret: bool = False, topk_density: float = 0.1) -> list[dict]:
   """Times the anchor, the dense-layout kernel, each density < 1 and the grid stages per length.
 
   Returns one dict per table row: seq, config, density (kept causal pairs / S(S+1)/2), backend, ms, kept_pairs
@@ -152,13 +156,13 @@ def run(seqs: Sequence[int], densities: Sequence[float], *, heads: int = 28, kv_
   and for grid rows the found stride/phase."""
   on_gpu = jax.default_backend() == "gpu"
   anchor_backend = "cudnn" if on_gpu else "xla"
-  kernel_backend = backend
-  if backend == "auto":
-    kernel_backend = {"gpu": "pallas_triton", "tpu": "pallas_tpu"}.get(jax.default_backend(), "xla")
-  kernel = jax.jit(functools.partial(block_sparse_attention, causal=True, backend=kernel_backend,
-                                     interpret=interpret))
+  auto = {"gpu": "pallas_triton", "tpu": "pallas_tpu"}.get(jax.default_backend(), "xla")
+  kernel_backends = [auto if name == "auto" else name for name in backend.split(",")]
+  kernels = {name: jax.jit(functools.partial(block_sparse_attention, causal=True, backend=name, interpret=interpret))
+             for name in kernel_backends}
+  kernel_backend, kernel = kernel_backends[0], kernels[kernel_backends[0]]
   dense = jax.jit(functools.partial(attention, causal=True, backend=anchor_backend))
-  rows = []
+  rows = _ProgressRows()
   for seq_len in seqs:
     if seq_len % block:
       raise ValueError(f"sparse_attention bench: every `--seq` must be a multiple of --block={block}, got {seq_len}")
@@ -181,20 +185,34 @@ def run(seqs: Sequence[int], densities: Sequence[float], *, heads: int = 28, kv_
       mask = random_causal_block_mask(num_blocks, kv_heads, density, seed=seq_len)
       pairs = float(causal_block_pairs(mask, block).mean())
       max_blocks = min(num_blocks, -(-int(mask.sum(-1).max()) // 8) * 8)
-      try:
-        layout = from_block_mask(mask, block, block, max_blocks)
-        seconds = median_time(lambda: kernel(q, k, v, layout), repeats)  # noqa: B023
-        rows.append(_row(seq_len, config, pairs / causal_pairs, kernel_backend, seconds, pairs, anchor=anchor,
-                         **common))
-      except _SKIPPABLE as error:
-        rows.append(_row(seq_len, config, pairs / causal_pairs, kernel_backend, skipped=_skip_reason(error)))
+      layout = from_block_mask(mask, block, block, max_blocks)
+      for name, kernel_fn in kernels.items():
+        try:
+          seconds = median_time(lambda: kernel_fn(q, k, v, layout), repeats)  # noqa: B023
+          rows.append(_row(seq_len, config, pairs / causal_pairs, name, seconds, pairs, anchor=anchor, **common))
+        except _SKIPPABLE as error:
+          rows.append(_row(seq_len, config, pairs / causal_pairs, name, skipped=_skip_reason(error)))
 
-    rows.extend(_vertical_slash_rows(seq_len, q, k, v, block, repeats, kernel, kernel_backend, anchor, heads,
-                                     head_dim))
+    rows.extend(_block_topk_rows(seq_len, q, k, v, block, topk_density, repeats, kernel, kernel_backend, anchor,
+                                 heads, head_dim))
+    rows.extend(_vertical_slash_rows(seq_len, heads, kv_heads, head_dim, block, repeats, dtype, kernel,
+                                     kernel_backend, anchor))
     pipeline_args = (seq_len, heads, kv_heads, head_dim, block, frame, repeats, dtype, kernel, kernel_backend, anchor)
     rows.extend(_grid_rows(*pipeline_args))
     rows.extend(_boundary_rows(*pipeline_args))
-  return rows
+  return list(rows)
+
+
+class _ProgressRows(list):
+  """The rows, each also written to stderr as it is measured (a long run that is cut short still shows them)."""
+
+  def append(self, row):
+    print(format_row(row), file=sys.stderr, flush=True)
+    super().append(row)
+
+  def extend(self, rows):
+    for row in rows:
+      self.append(row)
 
 
 def _stage_rows(seq_len, name, stages, pairs, kernel_backend, anchor, heads, head_dim, **found) -> list[dict]:
@@ -212,12 +230,52 @@ def _skipped_rows(seq_len, name, stages, kernel_backend, reason) -> list[dict]:
   return [_row(seq_len, f"{name}: {stage}", None, kernel_backend, skipped=reason) for stage in (*stages, "total")]
 
 
-def _vertical_slash_rows(seq_len, q, k, v, block, repeats, kernel, kernel_backend, anchor, heads, head_dim):
-  """MInference's vertical-slash (1000 columns, 6096 diagonals, clipped to S) on the random input: the Last-Q
-  estimate, the layout from its sums, the kernel."""
-  name, stages = "vertical-slash", ("estimate", "layout", "kernel")
+def _block_topk_rows(seq_len, q, k, v, block, density, repeats, kernel, kernel_backend, anchor, heads, head_dim):
+  """Block top-k (MInference's third pattern) on the random input, keeping `density` of the causal blocks: topk =
+  round(density * (NK + 1) / 2) - 1 key blocks per query block besides its diagonal one. Estimate and layout are
+  one jitted call (pooled block scores, top-k per row), then the kernel."""
+  name, stages = "block top-k", ("estimate + layout", "kernel")
+  num_blocks = seq_len // block
+  topk = max(1, round(density * (num_blocks + 1) / 2) - 1)
+  try:
+    build = jax.jit(lambda q, k: block_topk(q, k, topk, block_q=block, block_kv=block))
+    layout = build(q, k)
+    times = {"estimate + layout": median_time(lambda: build(q, k), repeats),
+             "kernel": median_time(lambda: kernel(q, k, v, layout), repeats)}
+    identity = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (1, heads, seq_len))
+    pairs = float(permuted_causal_pairs(layout, identity, identity).mean())
+  except _SKIPPABLE as error:
+    return _skipped_rows(seq_len, name, stages, kernel_backend, _skip_reason(error))
+  return _stage_rows(seq_len, name, times, pairs, kernel_backend, anchor, heads, head_dim, topk=topk)
+
+
+def local_qk(seq_len: int, heads: int, kv_heads: int, head_dim: int, window: int, sinks: int, dtype,
+             seed: int = 0) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Language-model-like q [1, S, Hq, D], k, v [1, S, Hkv, D]: a query attends (logit ~5) the keys of its own and
+  the previous `window` of tokens and the first `sinks` tokens (attention sinks), the rest at logit ~0. The
+  Last-Q estimate then finds slash lines on the nearest diagonals and vertical lines on the sinks and the last
+  windows: the structure MInference's vertical-slash heads show, which random q/k lack (there the 1000 columns
+  fall in almost every key block and the block layout is dense)."""
+  keys = jax.random.split(jax.random.key(seed), 4)
+  directions = jax.random.normal(keys[0], (seq_len // window + 2, head_dim))
+  directions = directions / jnp.linalg.norm(directions, axis=-1, keepdims=True)
+  scale = float(np.sqrt(5.0 * np.sqrt(head_dim)))
+  window_id = jnp.arange(seq_len) // window + 1  # 0: the sink direction
+  q_signal = scale * (directions[window_id] + directions[window_id - 1] + directions[0])
+  k_signal = scale * jnp.where((jnp.arange(seq_len) < sinks)[:, None], directions[0], directions[window_id])
+  q = 0.1 * jax.random.normal(keys[1], (1, seq_len, heads, head_dim)) + q_signal[None, :, None]
+  k = 0.1 * jax.random.normal(keys[2], (1, seq_len, kv_heads, head_dim)) + k_signal[None, :, None]
+  v = jax.random.normal(keys[3], (1, seq_len, kv_heads, head_dim))
+  return q.astype(dtype), k.astype(dtype), v.astype(dtype)
+
+
+def _vertical_slash_rows(seq_len, heads, kv_heads, head_dim, block, repeats, dtype, kernel, kernel_backend, anchor):
+  """MInference's vertical-slash (1000 columns, 6096 diagonals, clipped to S) on `local_qk` (3072-token windows,
+  64 sinks): the Last-Q estimate, the layout from its sums, the kernel."""
+  name, stages = "vertical-slash (local + sinks)", ("estimate", "layout", "kernel")
   v_size, s_size = min(1000, seq_len), min(6096, seq_len)
   try:
+    q, k, v = local_qk(seq_len, heads, kv_heads, head_dim, window=3072, sinks=64, dtype=dtype)
     estimate = jax.jit(lambda q, k: vertical_slash_sums(q, k))
     build = jax.jit(lambda vertical, slash: vertical_slash_layout(vertical, slash, v_size, s_size, block_q=block,
                                                                   block_kv=block))
@@ -300,15 +358,18 @@ def _boundary_rows(seq_len, heads, kv_heads, head_dim, block, frame, repeats, dt
   return _stage_rows(seq_len, name, times, pairs, kernel_backend, anchor, heads, head_dim)
 
 
+def format_row(r: dict) -> str:
+  note = r["skipped"] or (f"stride {r['stride']}, phase {r['phase']}" if "stride" in r else
+                          f"topk {r['topk']}" if "topk" in r else "")
+  return (f"| {r['seq']} | {r['config']} | {cell(r['density'], '.3f')} | {r['backend']} | {cell(r['ms'], '.3f')} | "
+          f"{cell(r['tflops'], '.1f')} | {cell(r['speedup'], '.2f')} | {note} |")
+
+
 def format_table(rows: list[dict], device: str) -> str:
   lines = [f"device: {device}",
            "| S | config | density | backend | ms | TFLOP/s (kept) | speedup vs anchor | note |",
            "|---:|---|---:|---|---:|---:|---:|---|"]
-  for r in rows:
-    note = r["skipped"] or (f"stride {r['stride']}, phase {r['phase']}" if "stride" in r else "")
-    lines.append(f"| {r['seq']} | {r['config']} | {cell(r['density'], '.3f')} | {r['backend']} | "
-                 f"{cell(r['ms'], '.3f')} | {cell(r['tflops'], '.1f')} | {cell(r['speedup'], '.2f')} | {note} |")
-  return "\n".join(lines)
+  return "\n".join(lines + [format_row(r) for r in rows])
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -323,7 +384,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
   parser.add_argument("--backend", default="auto",
-                      help="kernel backend: auto, pallas_mosaic_gpu (Hopper), pallas_triton, pallas_tpu, xla")
+                      help="kernel backend(s), comma-separated: auto, pallas_mosaic_gpu (Hopper), pallas_triton, "
+                           "pallas_tpu, xla; the random-layout rows run each, the pattern pipelines the first")
+  parser.add_argument("--topk-density", type=float, default=0.1, help="causal blocks the block top-k row keeps")
   parser.add_argument("--interpret", action="store_true", help="run the Pallas kernel in interpret mode")
   parser.add_argument("--out", help="also write the rows as JSON here")
   args = parser.parse_args(argv)
@@ -332,7 +395,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     raise ValueError(f"sparse_attention bench: `--frame` must be HxW with positive ints, got {args.frame!r}")
   rows = run([int(s) for s in args.seq.split(",")], [float(d) for d in args.density.split(",")], heads=args.heads,
              kv_heads=args.kv_heads, head_dim=args.head_dim, block=args.block, frame=frame, repeats=args.repeats,
-             dtype=jnp.dtype(args.dtype), backend=args.backend, interpret=args.interpret)
+             dtype=jnp.dtype(args.dtype), backend=args.backend, interpret=args.interpret,
+             topk_density=args.topk_density)
   publish(rows, format_table, args, args.out)
   return rows
 

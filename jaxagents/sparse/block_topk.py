@@ -75,7 +75,8 @@ def block_topk(
 
   Args:
     q: [B, S, Hq, D]; k: [B, T, Hkv, D] with S == T.
-    topk: key blocks kept per query block (MInference: 100), besides the diagonal block.
+    topk: key blocks kept per query block by pooled score among the causal ones (MInference: 100); the row's own
+      (diagonal) blocks are listed whether or not they are among them, so a row lists topk to topk + W.
     block_q, block_kv: pooling / layout block sizes (MInference: 64 x 64).
     max_blocks: MAXN (static), default topk + the blocks of the diagonal (`budget_blocks`), at most NK.
     causal: only causally valid blocks compete.

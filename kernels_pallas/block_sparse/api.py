@@ -2,16 +2,20 @@
 
 Backends (`BACKENDS`), all with the same masking semantics (see `reference.py`):
   * 'pallas_mosaic_gpu' -- Pallas Mosaic GPU, FlashAttention-3 style for Hopper (`gpu_mosaic.py`: warp-specialised,
-                       TMA, wgmma); bf16/f16. Opt-in (`backend='pallas_mosaic_gpu'`, or `('pallas_mosaic_gpu',
-                       'pallas_triton')` to fall back) until it has run on an H100/H200: checked so far by lowering
-                       for cuda and in jax's Mosaic GPU interpreter (`interpret=True`).
-  * 'pallas_triton' -- Pallas, Triton lowering (`gpu_triton.py`); the GPU backend of 'auto', for any GPU. Runs on a
-                       GPU, or anywhere with `interpret=True`.
+                       TMA, wgmma); bf16/f16, compute capability 9.x only. 'auto' tries it first when JAX's default
+                       device is a Hopper GPU (on an H200: 550 TFLOP/s dense-layout at 128k, cuDNN's 570;
+                       `jaxagents.bench.sparse_attention`); elsewhere it is opt-in. Runs in jax's Mosaic GPU
+                       interpreter with `interpret=True`.
+  * 'pallas_triton' -- Pallas, Triton lowering (`gpu_triton.py`); the GPU backend of 'auto' on any GPU but a Hopper,
+                       and its fallback there (shapes or dtypes the Hopper kernel refuses). Runs on a GPU, or
+                       anywhere with `interpret=True`.
   * 'pallas_tpu'    -- Pallas Mosaic TPU (`tpu.py`), scalar-prefetched block lists. Runs on a TPU, or anywhere
                        with `interpret=True` / `pltpu.InterpretParams()`.
   * 'xla'           -- the dense masked reference (`reference.py`), O(S * T) memory; the CPU fallback.
-  * 'auto'          -- ('pallas_triton', 'pallas_tpu', 'xla'): cuda/rocm -> 'pallas_triton', tpu -> 'pallas_tpu',
-                       any other platform -> 'xla' (also with `interpret`, which then applies to the choice).
+  * 'auto'          -- ('pallas_triton', 'pallas_tpu', 'xla'), with 'pallas_mosaic_gpu' in front when the default
+                       device is a Hopper GPU: cuda -> the Hopper kernel there, else 'pallas_triton'; rocm ->
+                       'pallas_triton', tpu -> 'pallas_tpu', any other platform -> 'xla' (also with `interpret`,
+                       which then applies to the choice).
 `backend` may also be a sequence, tried in order (tokamax's `implementation=` idiom): a backend whose lowering
 cannot take the block sizes (or `interpret`) is skipped, and so is one that does not lower for the platform the
 call runs on. An eager call runs on `jax.default_backend()`. A traced call (under jit, or lowered ahead of time
@@ -53,6 +57,18 @@ PLATFORMS: dict[str, tuple[str, ...]] = {
   "pallas_triton": ("cuda", "rocm"),
   "pallas_tpu": ("tpu",),
 }
+
+
+def default_device_is_hopper() -> bool:
+  """True when JAX's default device is an NVIDIA GPU of compute capability 9.x (H100, H200, GH200): wgmma, which
+  the Hopper kernel is built on, exists there only."""
+  if jax.default_backend() != "gpu":
+    return False
+  return str(getattr(jax.devices()[0], "compute_capability", "")).split(".")[0] == "9"
+
+
+def _auto_backends() -> tuple[str, ...]:
+  return (("pallas_mosaic_gpu",) if default_device_is_hopper() else ()) + _AUTO
 
 
 def _is_pow2(n: int) -> bool:
@@ -278,7 +294,7 @@ def block_sparse_attention(
   sm_scale = float(1.0 / np.sqrt(head_dim)) if sm_scale is None else float(sm_scale)
 
   auto = isinstance(backend, str) and backend == "auto"
-  names = _AUTO if auto else (backend,) if isinstance(backend, str) else tuple(backend)
+  names = _auto_backends() if auto else (backend,) if isinstance(backend, str) else tuple(backend)
   unknown = [name for name in names if name not in BACKENDS]
   if not names or unknown:
     raise ValueError(

@@ -2,7 +2,8 @@
 lowering for CUDA and the Mosaic lowering for TPU accept the kernels at hardware-like shapes and dtypes, and so
 do the public entry points (`block_sparse_attention`, `attention(backend='sparse')`) at a production shape, the
 backend being chosen by the lowering platform. This checks the lowering rules only; compiling to PTX / a TPU
-binary and running are not covered (no device here)."""
+binary and running are not covered here (no device): `python -m jaxagents.bench.sparse_kernel_check` does that on a
+GPU or TPU against the float32 reference."""
 
 import functools
 
@@ -13,7 +14,7 @@ import pytest
 
 from jaxagents.layers.attention import attention
 from jaxagents.sparse.config import SparseAttentionConfig
-from kernels_pallas.block_sparse import BlockLayout, block_sparse_attention, from_block_mask
+from kernels_pallas.block_sparse import BlockLayout, api, block_sparse_attention, from_block_mask
 from kernels_pallas.block_sparse.gpu_triton import block_sparse_attention_triton
 from kernels_pallas.block_sparse.tpu import block_sparse_attention_tpu
 
@@ -125,3 +126,20 @@ def test_public_api_lowers_the_hopper_kernel_when_asked_and_falls_back_to_triton
     jax.jit(lambda *a: block_sparse_attention(*a, backend="pallas_mosaic_gpu")).trace(*f32, layout).lower(
       lowering_platforms=("cuda",)
     )
+
+
+def test_auto_puts_the_hopper_kernel_first_on_a_hopper_gpu_and_keeps_triton_as_its_fallback(monkeypatch):
+  q, k, v, layout = _production_inputs(128)
+
+  def lower(*args):  # a new function each time: jit's trace cache would otherwise keep the first choice
+    fn = jax.jit(lambda q, k, v, layout: block_sparse_attention(q, k, v, layout, return_lse=True))
+    return fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+  assert not api.default_device_is_hopper()  # this CPU process: 'auto' lowers the Triton kernel for cuda
+  assert "mosaic_gpu" not in lower(q, k, v, layout)
+  monkeypatch.setattr(api, "default_device_is_hopper", lambda: True)
+  text = lower(q, k, v, layout)
+  assert "mosaic_gpu" in text and CUSTOM_CALLS["cuda"] not in text
+  f32 = [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v)]  # refused by wgmma: Triton takes it
+  text = lower(*f32, layout)
+  assert CUSTOM_CALLS["cuda"] in text and "mosaic_gpu" not in text
