@@ -5,7 +5,8 @@ written (module level, inside a function, under `if TYPE_CHECKING`), relative im
 strings (`importlib.import_module`, the task registry) are not seen.
 
 Layers, from the bottom: kernels_pallas (standalone kernels) < layers < models; environments (envs), data
-pipelines (data), sparse attention (sparse), sampling (generation) and RL math (rl) know no model; tasks put a
+pipelines (data), sparse attention (sparse), sampling (generation), diffusion schedules and samplers (diffusion)
+and RL math (rl) know no model; tasks put a
 model, an environment and a loss together, and only the loop (train.py), scripts and benchmarks pick tasks.
 """
 
@@ -26,7 +27,7 @@ FORBIDDEN = (
   (("kernels_pallas",), ("jaxagents",), "kernels stand alone"),
   (("jaxagents.layers",), (MODELS, TASKS, RL, TRAIN, GENERATION), "layers are shared by models"),
   ((MODELS,), (TASKS, RL, TRAIN, GENERATION, ENVS, DATA), "a model knows no task, loop, sampler, env or data"),
-  ((RL, DATA, ENVS, "jaxagents.sparse", GENERATION), (MODELS, TASKS, TRAIN),
+  ((RL, DATA, ENVS, "jaxagents.sparse", GENERATION, "jaxagents.diffusion"), (MODELS, TASKS, TRAIN),
    "model-agnostic: they reach a model only through its inputs' methods"),
   ((RL,), (DATA, GENERATION, ENVS), "rl/ is pure math"),
 )
@@ -114,6 +115,7 @@ def test_relative_imports_resolve_and_from_imports_name_the_submodule(tmp_path):
   ({"jaxagents.generation.rollout": {"jaxagents.train"}}, "model-agnostic"),
   ({"jaxagents.rl.grpo": {"jaxagents.data.sources"}}, "rl/ is pure math"),
   ({"jaxagents.sparse.search": {"jaxagents.tasks.grpo"}}, "model-agnostic"),
+  ({"jaxagents.diffusion.samplers": {"jaxagents.models.mmdit"}}, "model-agnostic"),
   ({"jaxagents.metrics": {"jaxagents.tasks.grpo"}}, "pick tasks"),
   ({"jaxagents.generation.rollout": {"jaxagents.rl.kl"}}, "used by tasks"),
 ])

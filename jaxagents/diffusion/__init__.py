@@ -1,0 +1,24 @@
+"""Flow matching, model-agnostic: noise schedules and time shifts (`schedules`), Euler and few-step samplers over a
+velocity callable (`samplers`), classifier-free guidance with the Lens per-token norm rescale (`guidance`). They take
+arrays and callables, never a model module; tasks hand them a model's forward pass as `velocity(x, sigma)`."""
+
+from jaxagents.diffusion import guidance, samplers, schedules
+from jaxagents.diffusion.guidance import batched_cfg, cfg_velocity
+from jaxagents.diffusion.samplers import euler_sample, euler_step, few_step_sample, renoise_sample, renoise_step
+from jaxagents.diffusion.schedules import (
+  Schedule,
+  empirical_mu,
+  exponential_time_shift,
+  inference_sigmas,
+  linear_mu,
+  linear_time_shift,
+  sample_training_sigmas,
+  static_shift,
+  time_shift,
+)
+
+__all__ = [
+  "Schedule", "batched_cfg", "cfg_velocity", "empirical_mu", "euler_sample", "euler_step", "exponential_time_shift",
+  "few_step_sample", "guidance", "inference_sigmas", "linear_mu", "linear_time_shift", "renoise_sample",
+  "renoise_step", "sample_training_sigmas", "samplers", "schedules", "static_shift", "time_shift",
+]
