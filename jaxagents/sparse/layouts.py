@@ -19,8 +19,10 @@ Every layout a builder returns satisfies (`finalize`):
     exactly one block per row, so MAXN >= 1 suffices. Ties are broken towards lower block ids.
 Intermediates are [B, H, NQ, NK] block arrays, each built by one fused elementwise pass (prefix sums instead of
 scatter-adds, `offset_blocks`) and read by one `top_k` per row (`select_blocks`): O((S / block)^2) memory per head,
-fine up to ~256k tokens with 64-token blocks; MInference's CUDA index builder avoids them and would be the next
-step for 1M tokens. MAXN defaults to the pattern's budget of key blocks (`budget_blocks`), not NK.
+fine up to ~256k tokens with 64-token blocks. Builders whose candidates are known as short lists avoid them and
+rank only those (`layout_from_ranked`, `kept_layout`): block top-k, and the unpermuted vertical-slash layout
+(`vertical_slash.py`, after MInference's CUDA index builder). MAXN defaults to the pattern's budget of key blocks
+(`budget_blocks`), not NK.
 """
 
 import dataclasses
@@ -206,11 +208,16 @@ def select_blocks(mask, score, must_keep, max_blocks: int, block_q: int, block_k
   key = jnp.where(must_keep, jnp.inf, jnp.where(mask, score, -jnp.inf))
   key = jnp.broadcast_to(key, shape)
   top_scores, top_ids = jax.lax.top_k(key, min(max_blocks, num_kv_blocks))  # ties: lower id first
-  chosen = top_scores > -jnp.inf
-  if max_blocks > num_kv_blocks:
-    pad = [(0, 0)] * 3 + [(0, max_blocks - num_kv_blocks)]
-    chosen, top_ids = jnp.pad(chosen, pad), jnp.pad(top_ids, pad)
-  kept = jnp.sort(jnp.where(chosen, top_ids, num_kv_blocks), axis=-1)
+  return kept_layout(top_ids, top_scores > -jnp.inf, max_blocks, num_kv_blocks, block_q, block_kv)
+
+
+def kept_layout(ids, chosen, max_blocks: int, num_kv_blocks: int, block_q: int, block_kv: int) -> BlockLayout:
+  """The layout listing each row's chosen ids: ids int [B, H, NQ, W] in any order, distinct where chosen, chosen
+  bool [B, H, NQ, W], W <= MAXN (a row's selection, e.g. the first MAXN of a ranking)."""
+  if max_blocks > ids.shape[-1]:
+    pad = [(0, 0)] * 3 + [(0, max_blocks - ids.shape[-1])]
+    chosen, ids = jnp.pad(chosen, pad), jnp.pad(ids, pad)
+  kept = jnp.sort(jnp.where(chosen, ids, num_kv_blocks), axis=-1)
   count = jnp.sum(chosen, axis=-1, dtype=jnp.int32)
   last = jnp.take_along_axis(kept, jnp.maximum(count - 1, 0)[..., None], axis=-1)
   # Repeating the last id makes the padding free for the kernels (no new block load is issued).
