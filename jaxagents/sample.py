@@ -8,6 +8,9 @@
 `models/qwen_vl/export.py`). Images and videos are put before the prompt in one user turn, rendered by the
 checkpoint's chat template (`models/qwen_vl/processor.py`); `--video` takes a GIF, a folder of frames, or frame files
 separated by commas. Tokens are printed as they are chosen (`generation/stream.py`).
+
+A `--checkpoint` folder in a diffusers pipeline layout (transformer/, vae/) is a text-to-image model instead: see
+`jaxagents/sample_image.py` (prompts, size or aspect bucket, steps, CFG, seed; PNGs and a grid).
 """
 
 from __future__ import annotations
@@ -51,6 +54,17 @@ def conversation(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
+  from jaxagents import sample_image
+
+  argv = sys.argv[1:] if argv is None else list(argv)
+  checkpoint = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--checkpoint"), None)
+  checkpoint = checkpoint or next((a.split("=", 1)[1] for a in argv if a.startswith("--checkpoint=")), None)
+  if checkpoint and sample_image.is_image_checkpoint(checkpoint):
+    return sample_image.main(argv)
+  return answer(argv)
+
+
+def answer(argv=None) -> int:
   from jaxagents.generation import SamplingConfig
   from jaxagents.generation.stream import stream
   from jaxagents.models.qwen_vl import QwenVL, load_params

@@ -20,14 +20,16 @@ PACKAGES = ("jaxagents", "kernels_pallas")
 
 MODELS, TASKS, RL, TRAIN = "jaxagents.models", "jaxagents.tasks", "jaxagents.rl", "jaxagents.train"
 GENERATION, ENVS, DATA = "jaxagents.generation", "jaxagents.envs", "jaxagents.data"
+PIPELINES = "jaxagents.pipelines"  # inference pipelines: models composed with samplers
 SCRIPTS = ("jaxagents.scripts", "scripts", "jaxagents.bench")  # entry points: scripts and benchmarks
 
 # The rules as a table. FORBIDDEN: (importers, what they must not import, why).
 FORBIDDEN = (
   (("kernels_pallas",), ("jaxagents",), "kernels stand alone"),
   (("jaxagents.layers",), (MODELS, TASKS, RL, TRAIN, GENERATION), "layers are shared by models"),
-  ((MODELS,), (TASKS, RL, TRAIN, GENERATION, ENVS, DATA), "a model knows no task, loop, sampler, env or data"),
-  ((RL, DATA, ENVS, "jaxagents.sparse", GENERATION, "jaxagents.diffusion"), (MODELS, TASKS, TRAIN),
+  ((MODELS,), (TASKS, RL, TRAIN, GENERATION, ENVS, DATA, PIPELINES),
+   "a model knows no task, loop, sampler, env or data"),
+  ((RL, DATA, ENVS, "jaxagents.sparse", GENERATION, "jaxagents.diffusion"), (MODELS, TASKS, TRAIN, PIPELINES),
    "model-agnostic: they reach a model only through its inputs' methods"),
   ((RL,), (DATA, GENERATION, ENVS), "rl/ is pure math"),
 )
@@ -116,6 +118,7 @@ def test_relative_imports_resolve_and_from_imports_name_the_submodule(tmp_path):
   ({"jaxagents.rl.grpo": {"jaxagents.data.sources"}}, "rl/ is pure math"),
   ({"jaxagents.sparse.search": {"jaxagents.tasks.grpo"}}, "model-agnostic"),
   ({"jaxagents.diffusion.samplers": {"jaxagents.models.mmdit"}}, "model-agnostic"),
+  ({"jaxagents.models.mmdit.model": {"jaxagents.pipelines.text_to_image"}}, "a model knows no task"),
   ({"jaxagents.metrics": {"jaxagents.tasks.grpo"}}, "pick tasks"),
   ({"jaxagents.generation.rollout": {"jaxagents.rl.kl"}}, "used by tasks"),
 ])
