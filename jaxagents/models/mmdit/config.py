@@ -56,7 +56,9 @@ class MMDiTConfig:
     rope_axes: rotary dims per position axis (sum = head_dim).
     rope_theta: RoPE base.
     remat_policy: name in `layers.remat.REMAT_POLICIES`, applied to every block.
-    attention_backend: `layers.attention` backend.
+    attention_backend: `layers.attention` backend; 'auto' takes cuDNN's fused kernel on a GPU (bf16/f16, no text
+      padding mask) and the XLA reference elsewhere. 'xla' on a GPU materialises the float32 scores: on an H200
+      the Lens forward at 1024^2 took 320 ms with it (the XLA attention alone ~4x cuDNN's whole forward).
     scan_layers: `nn.scan` over blocks (params stacked on a leading 'layers' axis) instead of a Python loop.
   """
 
@@ -87,7 +89,7 @@ class MMDiTConfig:
   rope_axes: tuple[int, ...] = (32, 32, 32, 32)
   rope_theta: float = 2000.0
   remat_policy: str = "none"
-  attention_backend: str = "xla"
+  attention_backend: str = "auto"
   scan_layers: bool = True
 
   def __post_init__(self):
