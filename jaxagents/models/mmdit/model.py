@@ -56,6 +56,19 @@ _TOKENS = ("activation_batch", "activation_length", "activation_embed")
 _BLOCK_NAMES = ("double_blocks", "single_blocks")
 
 
+def _pinned(vectors: Sequence[jax.Array]) -> list[jax.Array]:
+  """adaLN vectors [B, E] (shift, scale, gate), pinned to the activation layout: batch split, embedding whole.
+
+  Computed by a Linear whose output axis is 'mlp', they come out split over `tensor` along E; left free, that split
+  spreads into the token streams, and XLA's SPMD partitioner (jax 0.10.2, Shardy and GSPMD alike) miscomputes a dot
+  with lhs [B, S, K] split (data, fsdp) x tensor, rhs [K, N] split tensor x fsdp and output N on tensor: it permutes
+  the lhs batch to (fsdp, data) and never permutes it back, so batch shards 1 and 2 swap. Our out-projections
+  forward and the q/k/v and MLP-in input gradients backward are such dots when the stream is short (text shorter
+  than the image, short joint sequences) on a data x fsdp x tensor mesh.
+  """
+  return [nn.with_logical_constraint(v, ("activation_batch", "activation_embed")) for v in vectors]
+
+
 def _norm(config: MMDiTConfig, dtype: Dtype | None, name: str) -> nn.Module:
   if config.norm == "rms":
     return layers.RMSNorm(eps=config.norm_eps, dtype=dtype, name=name)
@@ -109,7 +122,7 @@ class DoubleStreamBlock(nn.Module):
       img_mod, txt_mod = (
         layers.AdaLNModulation(6, use_bias=c.use_bias, dtype=dtype, name=f"{s}_mod")(cond) for s in ("img", "txt")
       )
-    mods = {"txt": txt_mod, "img": img_mod}
+    mods = {"txt": _pinned(txt_mod), "img": _pinned(img_mod)}
     x = {"txt": txt, "img": img}
     order = ("txt", "img") if c.text_first else ("img", "txt")
     normed = [layers.modulate(_norm(c, dtype, f"{s}_norm1")(x[s]), *mods[s][:2]) for s in order]
@@ -140,7 +153,7 @@ class SingleStreamBlock(nn.Module):
   def __call__(self, x, cond, angles, kv_mask):
     c, dtype = self.config, self.dtype
     x = nn.with_logical_constraint(x, _TOKENS)
-    shift, scale, gate = cond
+    shift, scale, gate = _pinned(cond)
     h = layers.modulate(_norm(c, dtype, "norm")(x), shift, scale)
     attended = layers.SelfAttention(
       num_heads=c.num_heads, num_kv_heads=c.num_heads, head_dim=c.head_dim, qkv_bias=c.use_bias, out_bias=c.use_bias,
@@ -273,7 +286,7 @@ class MMDiT(nn.Module):
       )
       img_h = x[:, num_txt:] if c.text_first else x[:, :num_img]
 
-    scale, shift = layers.AdaLNModulation(2, use_bias=c.use_bias, dtype=dtype, name="norm_out")(temb)
+    scale, shift = _pinned(layers.AdaLNModulation(2, use_bias=c.use_bias, dtype=dtype, name="norm_out")(temb))
     normed = layers.LayerNorm(eps=c.norm_eps, use_bias=False, use_scale=False, dtype=dtype, name="final_norm")(img_h)
     out = layers.Dense(c.out_features, axes=("embed", None), name="proj_out", **lin)(
       layers.modulate(normed, shift, scale)
