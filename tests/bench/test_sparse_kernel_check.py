@@ -4,6 +4,8 @@ failed row without stopping, and exits 1 when a row fails."""
 import dataclasses
 import json
 
+import pytest
+
 from jaxagents.bench import sparse_kernel_check as check
 
 TINY = tuple(
@@ -13,6 +15,7 @@ TINY = tuple(
 )
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): keeps the README command under 15 minutes
 def test_every_case_passes_on_the_reference_backend():
   rows = check.run(["xla"], tolerance=1e-5, cases=TINY)
   assert [row["case"] for row in rows] == [case.name for case in check.CASES]

@@ -8,6 +8,7 @@ import pytest
 from jaxagents.bench import text_to_image as bench
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): keeps the README command under 15 minutes
 def test_benchmark_runs_with_tiny_presets_and_reports_every_row(tmp_path):
   out = tmp_path / "rows.json"
   rows = bench.main(["--model", "lens-tiny", "--vae", "tiny_one_level", "--size", "32", "--text-len", "5",

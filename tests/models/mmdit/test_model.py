@@ -125,6 +125,7 @@ def test_scan_equals_unrolled(setup):
   np.testing.assert_allclose(unrolled, _run(setup, img, txt, sigma, guidance, mask), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): keeps the README command under 15 minutes
 def test_remat_policies_give_equal_loss_and_grads():
   # One block of each kind (FLUX.2 has both; Lens runs the same DoubleStreamBlock): compiling the backward pass of
   # deeper scans costs seconds per policy on CPU without testing anything more.

@@ -173,6 +173,7 @@ def test_tiled_decode_matches_diffusers_tiled_decode(tiny_pair):
   assert R.rel_err(ours, full) > 1e-4  # the mid-block attention is global: tiles are an approximation here
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): keeps the README command under 15 minutes
 def test_decode_tiled_with_one_tile_is_decode_and_a_jitted_decoder_tiles_eagerly(tiny_pair):
   """A tile stride that covers the latent (tile 5, overlap 0 on 5 x 3) is one plain decode (up to XLA's rounding
   differences between two programs); the memory-bounded form, an eager loop over a jitted `decode` (one compilation
