@@ -28,6 +28,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from jaxagents.models.checkpoint_keys import preview_keys
 from jaxagents.models.mmdit.config import MMDiTConfig
 from jaxagents.models.mmdit.model import MMDiT, unstack_blocks
 
@@ -274,15 +275,11 @@ def tensors_to_params(
   if missing or unexpected:
     raise ValueError(
       f"checkpoint {source!r}: keys do not match the {config.family} config: {len(missing)} missing "
-      f"{_preview(missing)}, "
-      f"{len(unexpected)} unexpected {_preview(unexpected)}. Check that config.json belongs to these weights."
+      f"{preview_keys(missing)}, "
+      f"{len(unexpected)} unexpected {preview_keys(unexpected)}. Check that config.json belongs to these weights."
     )
   params = flax.traverse_util.unflatten_dict(flat, sep="/")
   return params if config.scan_layers else unstack_blocks(params, config)
-
-
-def _preview(keys: list[str], limit: int = 8) -> str:
-  return str(keys[:limit])[:-1] + (", ...]" if len(keys) > limit else "]")
 
 
 # ---------------------------------------------------------------------------------------------------------- files

@@ -25,6 +25,7 @@ import flax
 import jax
 import numpy as np
 
+from jaxagents.models.checkpoint_keys import preview_keys
 from jaxagents.models.qwen_vl.config import QwenVLConfig
 from jaxagents.sharding import unbox
 
@@ -274,14 +275,10 @@ def hf_to_params(
   if missing or unexpected:
     raise ValueError(
       f"checkpoint keys do not match the {config.family} config: {len(missing)} missing "
-      f"{_preview(missing)}, {len(unexpected)} unexpected {_preview(unexpected)}. Check that config.json "
+      f"{preview_keys(missing)}, {len(unexpected)} unexpected {preview_keys(unexpected)}. Check that config.json "
       f"belongs to these weights (family, depth, num_hidden_layers, tie_word_embeddings)."
     )
   return flax.traverse_util.unflatten_dict(flat, sep="/")
-
-
-def _preview(keys: list[str], limit: int = 8) -> str:
-  return str(keys[:limit])[:-1] + (", ...]" if len(keys) > limit else "]")
 
 
 def params_to_hf(params: Params, config: QwenVLConfig, dtype: Any = None) -> Iterator[tuple[str, Array]]:

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxagents.models.checkpoint_keys import preview_keys
 from jaxagents.models.qwen_vl.convert import iter_safetensors
 from jaxagents.models.text_encoders.gpt_oss import GptOss, GptOssConfig
 from jaxagents.sharding import unbox
@@ -244,7 +245,7 @@ def hf_to_params(
             for (i, proj), pair in sorted(pending.items())]
   if halves:
     raise ValueError(
-      f"{source}: MXFP4 expert weights come as a _blocks and a _scales tensor; missing {_preview(halves)}."
+      f"{source}: MXFP4 expert weights come as a _blocks and a _scales tensor; missing {preview_keys(halves)}."
     )
   missing = [rule.hf.replace("{i}", str(i)) for rule in rules
              for i in (range(config.num_layers) if rule.layered else (0,)) if (rule.hf, i) not in seen]
@@ -253,15 +254,11 @@ def hf_to_params(
     if any(_ATTENTION_BIAS.search(k) for k in unexpected) or any(_ATTENTION_BIAS.search(k) for k in missing):
       hint = " (attention_bias)"
     raise ValueError(
-      f"{source}: keys do not match the GPT-OSS config: {len(missing)} missing {_preview(missing)}, "
-      f"{len(unexpected)} unexpected {_preview(unexpected)}. Check that config.json belongs to these weights "
+      f"{source}: keys do not match the GPT-OSS config: {len(missing)} missing {preview_keys(missing)}, "
+      f"{len(unexpected)} unexpected {preview_keys(unexpected)}. Check that config.json belongs to these weights "
       f"(num_hidden_layers, num_local_experts, tie_word_embeddings{hint})."
     )
   return flax.traverse_util.unflatten_dict(flat, sep="/")
-
-
-def _preview(keys: list[str], limit: int = 8) -> str:
-  return str(keys[:limit])[:-1] + (", ...]" if len(keys) > limit else "]")
 
 
 def params_to_hf(params: Params, config: GptOssConfig, dtype: Any = None) -> Iterator[tuple[str, Array]]:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxagents.models.checkpoint_keys import preview_keys
 from jaxagents.models.vae.config import Flux2VAEConfig
 from jaxagents.models.vae.flux2_vae import Flux2VAE
 from jaxagents.sharding import unbox
@@ -135,10 +136,6 @@ def _to_diffusers(path: str) -> tuple[Rule, str]:
   raise ValueError(f"variables_to_diffusers: no conversion rule for our variable {path!r}")
 
 
-def _preview(keys: list[str], limit: int = 8) -> str:
-  return str(keys[:limit])[:-1] + (", ...]" if len(keys) > limit else "]")
-
-
 # An entry of a checkpoint: (file it is in, key, stored shape, a thunk that reads the tensor).
 Entry = tuple[str, str, tuple[int, ...], Callable[[], Array]]
 
@@ -190,8 +187,8 @@ def diffusers_to_variables(entries: Iterable[Entry] | Mapping[str, Any], config:
   if missing or unexpected:
     where = ", ".join(sorted(files)) or source
     raise ValueError(
-      f"checkpoint {where}: keys do not match the config: {len(missing)} missing {_preview(missing)}, "
-      f"{len(unexpected)} unexpected {_preview(unexpected)}; check that config.json belongs to these weights "
+      f"checkpoint {where}: keys do not match the config: {len(missing)} missing {preview_keys(missing)}, "
+      f"{len(unexpected)} unexpected {preview_keys(unexpected)}; check that config.json belongs to these weights "
       f"(block_out_channels, layers_per_block, latent_channels, use_quant_conv, mid_block_add_attention)"
     )
   return flax.traverse_util.unflatten_dict(flat, sep="/")
@@ -213,8 +210,9 @@ def variables_to_diffusers(variables: Variables, config: Flux2VAEConfig) -> Iter
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(unbox(variables)), sep="/")
   shapes = variable_shapes(config)
   if sorted(flat) != sorted(shapes):
+    missing, extra = sorted(set(shapes) - set(flat)), sorted(set(flat) - set(shapes))
     raise ValueError(f"variables_to_diffusers: `variables` do not match the config: missing "
-                     f"{_preview(sorted(set(shapes) - set(flat)))}, extra {_preview(sorted(set(flat) - set(shapes)))}")
+                     f"{preview_keys(missing)}, extra {preview_keys(extra)}")
   for path, value in flat.items():
     rule, key = _to_diffusers(path)
     yield key, np.ascontiguousarray(_LAYOUTS[rule.layout][2](np.asarray(jax.device_get(value))))
