@@ -1,9 +1,12 @@
 """The GRPO step benchmark runs end to end on the small variant of the main job's config and prints the split of a
 step between `prepare` (rollouts, rewards, recomputed log-probs) and the updates. No timing is asserted."""
 
+import pytest
+
 from jaxagents.bench import grpo_step as bench
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): keeps the README command under 15 minutes
 def test_benchmark_times_prepare_and_updates_of_an_rl_step(capsys):
   text = bench.main(["--config", "configs/grpo_shapes.py:test", "--steps", "2", "--warmup", "1",
                      "--devices", "2"])

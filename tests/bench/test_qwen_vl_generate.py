@@ -21,6 +21,7 @@ def test_decode_bytes_per_step_match_meta_device_parameter_counts(name, gigabyte
   assert extra == 2 * t.num_layers * t.num_kv_heads * t.head_dim * 2 * 200
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): keeps the README command under 15 minutes
 def test_benchmark_runs_on_a_tiny_model_and_prints_a_table(tmp_path, capsys):
   config_path = tmp_path / "config.json"
   config_path.write_text(json.dumps(QwenVLConfig.from_hf(tiny.QWEN3_VL).to_hf()))

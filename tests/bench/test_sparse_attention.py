@@ -4,6 +4,7 @@ independent counts: the causal triangle S(S+1)/2 and a brute-force token mask. N
 import json
 
 import numpy as np
+import pytest
 
 from jaxagents.bench import sparse_attention as bench
 from kernels_pallas.block_sparse.layout import from_block_mask, to_token_mask
@@ -11,6 +12,7 @@ from kernels_pallas.block_sparse.layout import from_block_mask, to_token_mask
 SEQ = 256
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): keeps the README command under 15 minutes
 def test_benchmark_runs_on_a_tiny_shape_and_reports_every_configuration(tmp_path, capsys):
   out = tmp_path / "rows.json"
   rows = bench.main(["--seq", str(SEQ), "--density", "1.0,0.25", "--heads", "2", "--kv-heads", "1", "--head-dim",
