@@ -40,8 +40,9 @@ from jaxagents.models.vae import Flux2VAE
 _SKIPPABLE = (jax.errors.JaxRuntimeError, MemoryError, NotImplementedError)
 
 
-def random_variables(module: flax.linen.Module, args: Sequence, dtype, seed: int = 0, collection_scale=0.02) -> dict:
-  """Variables with the module's shapes, drawn on the device in `dtype`: weights ~ N(0, 0.02^2), norm scales 1,
+def random_variables(module: flax.linen.Module, args: Sequence, dtype, seed: int = 0,
+                     weight_scale: float = 0.02) -> dict:
+  """Variables with the module's shapes, drawn on the device in `dtype`: weights ~ N(0, weight_scale^2), norm scales 1,
   variances 1 (the VAE's batch-norm statistics), so activations stay O(1) through deep stacks."""
   abstract = flax.linen.meta.unbox(jax.eval_shape(module.init, jax.random.key(0), *args))
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract))
@@ -55,7 +56,7 @@ def random_variables(module: flax.linen.Module, args: Sequence, dtype, seed: int
       elif path[-1] == "running_mean":
         out[path] = jnp.zeros(leaf.shape, dtype)
       else:
-        out[path] = (collection_scale * jax.random.normal(k, leaf.shape, jnp.float32)).astype(dtype)
+        out[path] = (weight_scale * jax.random.normal(k, leaf.shape, jnp.float32)).astype(dtype)
     return out
 
   return flax.traverse_util.unflatten_dict(make(jax.random.key(seed)))

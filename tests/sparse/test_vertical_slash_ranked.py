@@ -15,6 +15,7 @@ import pytest
 
 from jaxagents.sparse.layouts import identity_frame, offset_blocks
 
+lists = importlib.import_module("jaxagents.sparse.vertical_slash_lists")
 vs = importlib.import_module("jaxagents.sparse.vertical_slash")  # the package re-exports a function of that name
 
 # (block_q, block_kv, T / lcm(block_q, block_kv) (odd), causal, inputs, v_size, s_size, max_blocks, forced columns,
@@ -120,11 +121,11 @@ def test_diagonal_tables_reproduce_offset_blocks_weights_bit_for_bit(block_q, bl
   kv_len, boost = 7 * int(np.lcm(block_q, block_kv)), 5.0
   num_kv_blocks = kv_len // block_kv
   _, slash = _sums("uniform", kv_len, seed=11)
-  rows = vs._RowGeometry.of(kv_len // block_q, block_q, block_kv)
+  rows = lists.RowGeometry.of(kv_len // block_q, block_q, block_kv)
 
   # Two programs, compiled apart as the two layout paths are: nothing is shared between them.
   chosen_offsets = jax.jit(lambda slash: vs._chosen_offsets(slash, 150, boost, 20))
-  tables = jax.jit(lambda index, forced, table: vs._diagonal_tables(table, index, forced, rows, kv_len, boost))
+  tables = jax.jit(lambda index, forced, table: lists.diagonal_tables(table, index, forced, rows, kv_len, boost))
 
   @jax.jit
   def dense(slash):
