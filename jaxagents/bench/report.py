@@ -10,6 +10,17 @@ from typing import Any
 
 import jax
 
+# What a benchmark configuration that cannot run on this device raises: a backend refusing (NotImplementedError), XLA
+# running out of memory or failing to compile (JaxRuntimeError), the host running out of memory. Such a row is
+# reported as skipped, not a failure of the whole table.
+SKIPPABLE = (NotImplementedError, jax.errors.JaxRuntimeError, MemoryError)
+
+
+def skip_reason(error: Exception) -> str:
+  """"skipped: <type>: <message>" on one line (a table cell), the message cut at 240 characters."""
+  message = " ".join(line.strip() for line in str(error).splitlines())
+  return f"skipped: {type(error).__name__}: {message[:240]}"
+
 
 def median_time(fn: Callable[[], Any], repeats: int) -> float:
   """Median seconds of `repeats` calls of `fn` after one warm-up (compile) call, each ended by `block_until_ready`."""

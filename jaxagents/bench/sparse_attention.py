@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxagents.bench.report import cell, median_time, publish
+from jaxagents.bench.report import SKIPPABLE, cell, median_time, publish, skip_reason
 from jaxagents.layers import attention
 from jaxagents.sparse.block_topk import block_topk
 from jaxagents.sparse.grid import grid_budget, grid_layout, grid_search
@@ -47,12 +47,6 @@ from jaxagents.sparse.permuted import permute_heads
 from jaxagents.sparse.vertical_slash import vertical_slash_layout, vertical_slash_sums
 from kernels_pallas.block_sparse import BlockLayout, block_sparse_attention
 from kernels_pallas.block_sparse.layout import from_block_mask
-
-# What a configuration that cannot run here raises: a backend refusing (NotImplementedError), XLA running out of
-# memory or failing to compile (JaxRuntimeError), the host running out of memory.
-_SKIPPABLE = (NotImplementedError, jax.errors.JaxRuntimeError, MemoryError)
-
-
 
 
 def random_causal_block_mask(num_blocks: int, heads: int, density: float, seed: int = 0) -> np.ndarray:
@@ -141,11 +135,6 @@ def _row(seq_len, config, density, backend, seconds=None, pairs=None, heads=1, h
               tflops=tflops, speedup=speedup, skipped=skipped, **extra)
 
 
-def _skip_reason(error: Exception) -> str:
-  message = " ".join(line.strip() for line in str(error).splitlines())  # the table row needs one line
-  return f"skipped: {type(error).__name__}: {message[:240]}"
-
-
 def run(seqs: Sequence[int], densities: Sequence[float], *, heads: int = 28, kv_heads: int = 4, head_dim: int = 128,
         block: int = 128, frame: tuple[int, int] = (16, 16), repeats: int = 5, dtype=jnp.bfloat16,
         backend: str = "auto", interpret: bool = False, topk_density: float = 0.1) -> list[dict]:
@@ -176,8 +165,8 @@ def run(seqs: Sequence[int], densities: Sequence[float], *, heads: int = 28, kv_
       seconds = median_time(lambda: dense(q, k, v), repeats)  # noqa: B023
       anchor = seconds * 1e3
       rows.append(_row(seq_len, "anchor: dense causal", 1.0, anchor_backend, seconds, causal_pairs, **common))
-    except _SKIPPABLE as error:
-      rows.append(_row(seq_len, "anchor: dense causal", 1.0, anchor_backend, skipped=_skip_reason(error)))
+    except SKIPPABLE as error:
+      rows.append(_row(seq_len, "anchor: dense causal", 1.0, anchor_backend, skipped=skip_reason(error)))
 
     num_blocks = seq_len // block
     for density in sorted({1.0, *densities}, reverse=True):
@@ -190,8 +179,8 @@ def run(seqs: Sequence[int], densities: Sequence[float], *, heads: int = 28, kv_
         try:
           seconds = median_time(lambda: kernel_fn(q, k, v, layout), repeats)  # noqa: B023
           rows.append(_row(seq_len, config, pairs / causal_pairs, name, seconds, pairs, anchor=anchor, **common))
-        except _SKIPPABLE as error:
-          rows.append(_row(seq_len, config, pairs / causal_pairs, name, skipped=_skip_reason(error)))
+        except SKIPPABLE as error:
+          rows.append(_row(seq_len, config, pairs / causal_pairs, name, skipped=skip_reason(error)))
 
     rows.extend(_block_topk_rows(seq_len, q, k, v, block, topk_density, repeats, kernel, kernel_backend, anchor,
                                  heads, head_dim))
@@ -244,8 +233,8 @@ def _block_topk_rows(seq_len, q, k, v, block, density, repeats, kernel, kernel_b
              "kernel": median_time(lambda: kernel(q, k, v, layout), repeats)}
     identity = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (1, heads, seq_len))
     pairs = float(permuted_causal_pairs(layout, identity, identity).mean())
-  except _SKIPPABLE as error:
-    return _skipped_rows(seq_len, name, stages, kernel_backend, _skip_reason(error))
+  except SKIPPABLE as error:
+    return _skipped_rows(seq_len, name, stages, kernel_backend, skip_reason(error))
   return _stage_rows(seq_len, name, times, pairs, kernel_backend, anchor, heads, head_dim, topk=topk)
 
 
@@ -286,8 +275,8 @@ def _vertical_slash_rows(seq_len, heads, kv_heads, head_dim, block, repeats, dty
              "kernel": median_time(lambda: kernel(q, k, v, layout), repeats)}
     identity = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (1, heads, seq_len))
     pairs = float(permuted_causal_pairs(layout, identity, identity).mean())
-  except _SKIPPABLE as error:
-    return _skipped_rows(seq_len, name, stages, kernel_backend, _skip_reason(error))
+  except SKIPPABLE as error:
+    return _skipped_rows(seq_len, name, stages, kernel_backend, skip_reason(error))
   return _stage_rows(seq_len, name, times, pairs, kernel_backend, anchor, heads, head_dim)
 
 
@@ -320,8 +309,8 @@ def _grid_rows(seq_len, heads, kv_heads, head_dim, block, frame, repeats, dtype,
                                                                                        repeats),
              "kernel": median_time(lambda: kernel(qp, kp, vp, layout, **positions), repeats)}
     pairs = float(permuted_causal_pairs(layout, perm.q_perm, perm.kv_perm).mean())
-  except _SKIPPABLE as error:
-    return _skipped_rows(seq_len, name, stages, kernel_backend, _skip_reason(error))
+  except SKIPPABLE as error:
+    return _skipped_rows(seq_len, name, stages, kernel_backend, skip_reason(error))
   found = dict(stride=int(found_stride[0, 0]), phase=int(found_phase[0, 0]))
   return _stage_rows(seq_len, name, times, pairs, kernel_backend, anchor, heads, head_dim, **found)
 
@@ -353,8 +342,8 @@ def _boundary_rows(seq_len, heads, kv_heads, head_dim, block, frame, repeats, dt
              "kernel": median_time(lambda: kernel(qp, kp, vp, layout, **positions), repeats)}
     layout_perm = jnp.broadcast_to(perm.q_perm, (1, heads, seq_len))
     pairs = float(permuted_causal_pairs(layout, layout_perm, jnp.broadcast_to(perm.kv_perm, layout_perm.shape)).mean())
-  except _SKIPPABLE as error:
-    return _skipped_rows(seq_len, name, stages, kernel_backend, _skip_reason(error))
+  except SKIPPABLE as error:
+    return _skipped_rows(seq_len, name, stages, kernel_backend, skip_reason(error))
   return _stage_rows(seq_len, name, times, pairs, kernel_backend, anchor, heads, head_dim)
 
 

@@ -30,14 +30,12 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from jaxagents.bench.report import cell, median_time, publish
+from jaxagents.bench.report import SKIPPABLE, cell, median_time, publish, skip_reason
 from jaxagents.diffusion import batched_cfg, euler_sample, inference_sigmas
 from jaxagents.layers.multi_axis_rope import flux_position_ids, msrope_position_ids
 from jaxagents.models.mmdit import MMDiT, MMDiTConfig, get_config
 from jaxagents.models.vae import PRESETS as VAE_PRESETS
 from jaxagents.models.vae import Flux2VAE
-
-_SKIPPABLE = (jax.errors.JaxRuntimeError, MemoryError, NotImplementedError)
 
 
 def random_variables(module: flax.linen.Module, args: Sequence, dtype, seed: int = 0,
@@ -97,7 +95,7 @@ def _row(name, seconds=None, flops=None, ceiling=None, skipped=None, note="") ->
 
 
 def _skip(name, error) -> dict:
-  return _row(name, skipped="skipped: " + f"{type(error).__name__}: " + " ".join(str(error).split())[:200])
+  return _row(name, skipped=skip_reason(error))
 
 
 def matmul_ceiling(dtype, repeats: int, size: int = 8192) -> tuple[dict, float]:
@@ -122,7 +120,7 @@ def run(model: str, size: int, batch: int, text_len: int, steps: Sequence[int], 
     forward = jax.jit(lambda p, inputs: dit.apply({"params": p}, **inputs))
     flops = dit_forward_flops(config, batch, inputs["img"].shape[1], text_len)
     rows.append(_row(name, median_time(lambda: forward(params, inputs), repeats), flops, ceiling))
-  except _SKIPPABLE as error:
+  except SKIPPABLE as error:
     rows.append(_skip(name, error))
     params = None
   print(format_row(rows[-1]), flush=True)
@@ -145,7 +143,7 @@ def run(model: str, size: int, batch: int, text_len: int, steps: Sequence[int], 
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     rows.append(_row(name, median_time(lambda: decode(variables, tokens), repeats),
                      float(cost.get("flops", 0.0)) or None, ceiling))
-  except _SKIPPABLE as error:
+  except SKIPPABLE as error:
     rows.append(_skip(name, error))
   print(format_row(rows[-1]), flush=True)
   return rows
@@ -170,7 +168,7 @@ def _sampling_row(dit, params, config, inputs, num_steps, cfg, guidance, size, t
     per_call = None if flops is None else flops * batch / inputs["img"].shape[0]
     return _row(name, seconds, None if per_call is None else per_call * num_steps, ceiling,
                 note=f"{seconds / num_steps * 1e3:.1f} ms/step")
-  except _SKIPPABLE as error:
+  except SKIPPABLE as error:
     return _skip(name, error)
 
 
