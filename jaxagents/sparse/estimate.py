@@ -9,8 +9,9 @@ Memory traffic is what long prefills pay for, so the estimate is built to be rea
     repeated), in the input dtype with float32 accumulation, as MInference does;
   * the softmax statistics (row max and row sum of exponentials) come from one pass over the logits, a
     variadic reduction carrying (max, sum) pairs (the online softmax of Milakov & Gimelshein, arXiv 1805.02867);
-  * A_hat is stored once and read by two passes: the column (vertical) sums, and the diagonal (slash) sums as R
-    shifted adds of its rows instead of a scatter (`line_sums`).
+  * A_hat is never stored: the column (vertical) and diagonal (slash) sums come from one more pass over the
+    logits (`line_sums`, the diagonals as a skew of the rows instead of a scatter), as do the grid's residue
+    sums (`residue_sums`).
 """
 
 import jax
@@ -80,7 +81,7 @@ class Estimate:
   """A_hat = softmax over visible keys of `scale * logits`, evaluated lazily (see the module docstring).
 
   Attributes:
-    logits: [B, H, R, T] unscaled logits (input dtype).
+    logits: [B, H, R, T] unscaled logits (float32).
     visible: bool, broadcastable to [B, H, R, T] (causality by original positions).
     scale: sm_scale.
     row_max, row_sum: float32 [B, H, R], the softmax statistics of the scaled, masked logits.
@@ -94,6 +95,10 @@ class Estimate:
       (scaled, ones), (jnp.float32(-jnp.inf), jnp.float32(0.0)), _online_softmax_pair, (scaled.ndim - 1,)
     )
 
+  @property
+  def num_rows(self) -> int:
+    return self.logits.shape[-2]
+
   def _scaled(self) -> jax.Array:
     scaled = self.logits.astype(jnp.float32) * jnp.float32(self.scale)
     return jnp.where(self.visible, scaled, -jnp.inf)
@@ -102,41 +107,79 @@ class Estimate:
     """float32 [B, H, R, T]; every row sees at least its own token, so no row is empty."""
     return jnp.exp(self._scaled() - self.row_max[..., None]) / self.row_sum[..., None]
 
+  def log_probabilities(self, row_weight: jax.Array | None = None) -> jax.Array:
+    """float32 [B, H, R, T]: log(row_weight[r] A_hat[r, t]) (-inf where invisible or weighted 0), an expression
+    of the logits that the sums below read inside their own reduction."""
+    log_norm = self.row_max + jnp.log(self.row_sum)
+    if row_weight is not None:
+      log_norm = log_norm - jnp.log(row_weight)
+    return self._scaled() - log_norm[..., None]
+
 
 def line_sums(
-  estimate: Estimate, row_weight: jax.Array | None = None, key_ok: jax.Array | None = None
+  estimate: Estimate, row_weight: jax.Array | None = None, key_groups: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
-  """(column, diagonal) sums of A_hat (`column_sums`, `diagonal_sums`): A_hat is stored once for both (XLA will
-  not evaluate the exponentials twice; fusing both sums into one pass over the logits made it store every row
-  separately)."""
-  probs = weighted_probabilities(estimate, row_weight)
-  column = column_sums(probs)
-  return (column if key_ok is None else jnp.where(key_ok, column, 0.0)), diagonal_sums(probs, key_ok)
+  """Column (vertical) and diagonal (slash) sums of row_weight[r] A_hat[r, t], all from ONE reduction over the rows
+  (the logits are read once, A_hat is never stored).
 
+  Args:
+    estimate: the Last-Q estimate, R rows over T keys.
+    row_weight: optional float [B, H or 1, R].
+    key_groups: optional bool [G, B, H or 1, T]: one diagonal sum per group of keys (the key modalities of a 2D
+      boundary head), each over that group's keys only.
+  Returns:
+    column float32 [B, H, T]: sum_r row_weight[r] A_hat[r, t] (MInference's vertical sums);
+    diagonal float32 [B, H, T + R - 1] ([G, B, H, T + R - 1] with key_groups): out[u + R - 1] =
+      sum_r row_weight[r] A_hat[r, u + r], u in (-R, T). For rows at consecutive key-slot coordinates
+      c_r = c_0 + r, the slash sum of offset o = c_r - t is out[c_0 - o + R - 1].
 
-def weighted_probabilities(estimate: Estimate, row_weight: jax.Array | None = None) -> jax.Array:
-  """float32 [B, H, R, T]: row_weight[r] A_hat[r, t]."""
-  probs = estimate.probabilities()
-  return probs if row_weight is None else probs * row_weight[..., None]
-
-
-def column_sums(probs: jax.Array) -> jax.Array:
-  """float32 [B, H, T]: sum_r probs[r, t] (MInference's vertical sums)."""
-  return jnp.sum(probs, axis=-2)
-
-
-def diagonal_sums(probs: jax.Array, key_ok: jax.Array | None = None) -> jax.Array:
-  """float32 [B, H, T + R - 1]: out[u + R - 1] = sum_r probs[r, u + r] over keys u + r with key_ok, u in (-R, T).
-
-  For rows at consecutive key-slot coordinates c_r = c_0 + r, the slash sum of offset o = c_r - t is
-  out[c_0 - o + R - 1]: R shifted adds of the rows (one loop fusion) instead of a scatter.
+  Row r shifted left by r is a skew of the rows in reverse order: padded by R on the right and read back with a
+  row width one shorter (a reshape), so each diagonal sum is a reduction over rows, not a scatter.
   """
-  if key_ok is not None:  # [..., T]: only these keys count (a modality sub-block)
-    probs = jnp.where(key_ok[..., None, :], probs, 0.0)
-  num_rows = probs.shape[-2]
-  lead = [(0, 0)] * (probs.ndim - 2)
-  total = None
-  for r in range(num_rows):
-    shifted = jnp.pad(probs[..., r, :], lead + [(num_rows - 1 - r, r)])
-    total = shifted if total is None else total + shifted
-  return total
+  log_terms = estimate.log_probabilities(row_weight)
+  *lead, num_rows, kv_len = log_terms.shape
+  width = kv_len + num_rows - 1
+  pad = [(0, 0)] * len(lead) + [(0, 0)]
+  column_terms = jnp.pad(log_terms, pad + [(0, num_rows - 1)], constant_values=-jnp.inf)
+
+  def skewed(terms):
+    padded = jnp.pad(terms[..., ::-1, :], pad + [(0, num_rows)], constant_values=-jnp.inf)
+    return padded.reshape(*lead, num_rows * (kv_len + num_rows))[..., : num_rows * width].reshape(
+      *lead, num_rows, width
+    )
+
+  groups = [None] if key_groups is None else list(key_groups)
+  diagonal_terms = [
+    skewed(log_terms if group is None else jnp.where(group[..., None, :], log_terms, -jnp.inf)) for group in groups
+  ]
+  column, *diagonals = _sum_exp([column_terms, *diagonal_terms], axis=-2)
+  return column[..., :kv_len], (diagonals[0] if key_groups is None else jnp.stack(diagonals))
+
+
+def residue_sums(estimate: Estimate, modulus: int) -> jax.Array:
+  """float32 [B, H, R, modulus]: out[..., r, c] = sum_{t = c (mod modulus)} A_hat[r, t] (keys past T count 0)."""
+  log_terms = estimate.log_probabilities()
+  kv_len = log_terms.shape[-1]
+  padded = -(-kv_len // modulus) * modulus
+  log_terms = jnp.pad(log_terms, [(0, 0)] * (log_terms.ndim - 1) + [(0, padded - kv_len)], constant_values=-jnp.inf)
+  return _sum_exp([log_terms.reshape(*log_terms.shape[:-1], padded // modulus, modulus)], axis=-2)[0]
+
+
+def _sum_exp(log_terms: list[jax.Array], axis: int) -> list[jax.Array]:
+  """sum(exp(x), axis) for each x of log_terms (equal shapes), as ONE reduction of (max, sum of exp(x - max))
+  pairs: the exponentials run inside the reduction, so XLA fuses it with the logits' scaling and masking and
+  reads them once (a plain sum of exp(...) makes XLA:CPU store the exponentials first, then hand them to a
+  library reduction)."""
+  axis = axis % log_terms[0].ndim
+  ones = jnp.ones(log_terms[0].shape, jnp.float32)
+  init = (jnp.float32(-jnp.inf), jnp.float32(0.0))
+
+  def combine(a, b):
+    return tuple(
+      x for i in range(0, len(a), 2) for x in _online_softmax_pair((a[i], a[i + 1]), (b[i], b[i + 1]))
+    )
+
+  out = jax.lax.reduce(
+    tuple(x for terms in log_terms for x in (terms, ones)), init * len(log_terms), combine, (axis,)
+  )
+  return [jnp.where(peak == -jnp.inf, 0.0, total * jnp.exp(peak)) for peak, total in zip(out[::2], out[1::2])]

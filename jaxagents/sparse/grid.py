@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxagents.sparse.estimate import LAST_Q, Estimate, check_last_q, check_qk_shapes, estimate_logits
+from jaxagents.sparse.estimate import LAST_Q, Estimate, check_last_q, check_qk_shapes, estimate_logits, residue_sums
 from jaxagents.sparse.layouts import Frame, budget_blocks, check_blocks, finalize, permuted_frame
 from jaxagents.sparse.permutation import Permutation, invert
 from kernels_pallas.block_sparse import BlockLayout
@@ -82,11 +82,11 @@ def _search(q, k, strides, last_q, causal, sm_scale, head_weight=None):
   visible = (jnp.arange(seq_len) <= row_positions[:, None])[None, None] if causal else jnp.bool_(True)
   logits = estimate_logits(q, k, seq_len - last_q, last_q)
   estimate = Estimate(logits, visible, head_dim**-0.5 if sm_scale is None else sm_scale)
-  probs = estimate.probabilities()  # [B, Hq, R, T]
   # Per-row residue sums M[r, c] for every candidate stride from ONE pass over A_hat: the sums modulo the strides'
   # least common multiple L fold into those of each stride (L = 1024 for strides 16, 256, 1024).
   common = int(np.lcm.reduce(np.array(strides, np.int64)))
-  folded = _residue_sums(probs, common) if common <= seq_len else None
+  folded = residue_sums(estimate, common) if common <= seq_len else None
+  probs = estimate.probabilities() if folded is None else None  # [B, Hq, R, T], only without a common modulus
   uniform_visible = jnp.arange(seq_len) <= row_positions[:, None] if causal else jnp.ones((last_q, seq_len), bool)
   uniform = uniform_visible / jnp.sum(uniform_visible, axis=-1, keepdims=True)
   widest = max(strides)

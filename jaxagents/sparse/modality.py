@@ -152,6 +152,7 @@ def _boundary_layout(q, k, modality_ids, plans, mode, num_modalities, block_q, b
   mask = jnp.zeros((batch, 1, seq_len // block_q, seq_len // block_kv), bool)
   score = jnp.zeros(mask.shape, jnp.float32)
   estimates = {}  # one estimate per query modality, shared by its (a, b) sub-blocks
+  key_groups = None if mode == "q" else jnp.stack([kv_modality == b for b in range(num_modalities)])  # [M, B, T]
   for key, sub_pattern, sub_params in plans:
     a, b = (key, None) if mode == "q" else key
     q_has = jnp.any(q_blocks == a, axis=-1)[:, None, :, None]  # [B, 1, NQ, 1]
@@ -164,7 +165,8 @@ def _boundary_layout(q, k, modality_ids, plans, mode, num_modalities, block_q, b
       frame=frame,
       segment_end=jnp.sum(q_modality <= a, axis=-1),  # queries are sorted by modality in both modes
       q_ok=q_modality == a,
-      key_ok=None if b is None else kv_modality == b,
+      key_groups=key_groups,
+      key_group=b,
       allowed=jnp.broadcast_to(allowed, mask.shape),
       sm_scale=scale,
       estimates=estimates,

@@ -14,11 +14,9 @@ from jaxagents.sparse.estimate import (
   LAST_Q,
   Estimate,
   check_last_q,
-  column_sums,
-  diagonal_sums,
   estimate_logits,
   estimation_rows,
-  weighted_probabilities,
+  line_sums,
 )
 from jaxagents.sparse.grid import check_strides, grid_budget
 from jaxagents.sparse.layouts import Frame, budget_blocks
@@ -104,7 +102,8 @@ def pattern_blocks(
   frame: Frame,
   segment_end: jax.Array,
   q_ok: jax.Array,
-  key_ok: jax.Array | None,
+  key_groups: jax.Array | None,
+  key_group: int | None,
   allowed: jax.Array,
   sm_scale: float,
   estimates: dict | None = None,
@@ -120,12 +119,13 @@ def pattern_blocks(
     frame: token placement, arrays [B, 1, N] (shared by every head).
     segment_end: int [B], exclusive end slot of the rows whose last `last_q` queries are the estimate.
     q_ok: bool [B, S], query slots the pattern serves (estimation rows outside it are ignored).
-    key_ok: bool [B, T] or None, keys the pattern may pick (vertical-slash sums).
+    key_groups, key_group: bool [G, B, T] and an index into G, or None: the pattern picks only the keys of group
+      `key_group` (vertical-slash sums); the diagonal sums of every group come from one pass and are cached.
     allowed: bool [B, 1, NQ, NK], block region of the pattern (a modality sub-block).
     sm_scale: score scale of the estimate.
     estimates, rows_key: a dict shared by the calls of one layout and a hashable name of `segment_end` (e.g. the
-      query modality): calls with equal rows reuse one estimate (logits and softmax statistics), as the 2D
-      boundary's (a, b) sub-blocks of one query modality a do.
+      query modality): calls with equal rows reuse one estimate and its line sums, as the 2D boundary's (a, b)
+      sub-blocks of one query modality a do.
   """
   if pattern == "dense":
     mask, score = allowed, jnp.zeros(allowed.shape, jnp.float32)
@@ -139,8 +139,9 @@ def pattern_blocks(
     last_q = params["last_q"]
     rows = estimation_rows(segment_end, last_q, q.shape[1])  # [B, R]
     key = None if estimates is None or rows_key is None else (rows_key, last_q)
+    groups = None if key_groups is None else key_groups[:, :, None]  # [G, B, 1, T]
     if key is not None and key in estimates:
-      probs, column = estimates[key]
+      estimate, row_weight, column, diagonal = estimates[key]
     else:
       row_positions = jnp.take_along_axis(frame.q_positions[:, 0], rows, axis=-1)
       visible = frame.kv_positions[:, :, None, :] <= row_positions[:, None, :, None] if frame.causal else True
@@ -148,17 +149,18 @@ def pattern_blocks(
       estimate = Estimate(estimate_logits(q_rows, k, 0 if q_perm is not None else rows[:, 0], last_q),
                           jnp.asarray(visible), sm_scale)
       row_weight = jnp.take_along_axis(q_ok, rows, axis=-1).astype(jnp.float32)[:, None]  # [B, 1, R]
-      probs = weighted_probabilities(estimate, row_weight)
-      column = column_sums(probs)
+      column, diagonal = line_sums(estimate, row_weight, groups) if frame.slot_coords else (None, None)
       if key is not None:
-        estimates[key] = probs, column
-    key_mask = None if key_ok is None else key_ok[:, None]
-    vertical = column if key_mask is None else jnp.where(key_mask, column, 0.0)
+        estimates[key] = estimate, row_weight, column, diagonal
+    key_mask = None if groups is None else groups[key_group]
     if frame.slot_coords:  # consecutive rows at consecutive coordinates: shifted adds
-      slash = slash_from_diagonals(diagonal_sums(probs, key_mask), rows[:, None, 0], last_q)
+      slash = slash_from_diagonals(diagonal if groups is None else diagonal[key_group], rows[:, None, 0], last_q)
     else:
+      probs = estimate.probabilities() * row_weight[..., None]
+      column = jnp.sum(probs, axis=-2)
       masked = probs if key_mask is None else jnp.where(key_mask[..., None, :], probs, 0.0)
       slash = slash_from_rows(masked, jnp.take_along_axis(frame.q_coords[:, 0], rows, axis=-1)[:, None])
+    vertical = column if key_mask is None else jnp.where(key_mask, column, 0.0)
     mask, score = vertical_slash_blocks(
       vertical,
       slash,

@@ -38,7 +38,14 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxagents.sparse.estimate import LAST_Q, Estimate, check_last_q, check_qk_shapes, estimate_logits, line_sums
+from jaxagents.sparse.estimate import (
+  LAST_Q,
+  Estimate,
+  check_last_q,
+  check_qk_shapes,
+  estimate_logits,
+  line_sums,
+)
 from jaxagents.sparse.layouts import (
   Frame,
   budget_blocks,
@@ -79,8 +86,9 @@ def vertical_slash_budget(v_size: int, s_size: int, block_q: int, block_kv: int)
 
 
 def slash_from_diagonals(diagonal: jax.Array, first_coord: jax.Array, num_rows: int) -> jax.Array:
-  """Slash sums over offsets o in (-T, T), float32 [..., 2T - 1] at index o + T - 1, from `line_sums`' diagonal
-  sums of rows at consecutive coordinates first_coord [...] + r: slash[o] = diagonal[first_coord - o + R - 1]."""
+  """Slash sums over offsets o in (-T, T), float32 [..., 2T - 1] at index o + T - 1, from `line_sums`'
+  diagonal sums of rows at consecutive coordinates first_coord [...] + r:
+  slash[o] = diagonal[first_coord - o + R - 1]."""
   kv_len = diagonal.shape[-1] - num_rows + 1
   offsets = jnp.arange(2 * kv_len - 1) - (kv_len - 1)
   index = first_coord[..., None] - offsets + num_rows - 1
@@ -247,8 +255,9 @@ def vertical_slash_sums(
   visible = (jnp.arange(q_len) <= rows[:, None])[None, None] if causal else jnp.bool_(True)
   logits = estimate_logits(q, k, q_len - last_q, last_q)
   estimate = Estimate(logits, visible, head_dim**-0.5 if sm_scale is None else sm_scale)
+  first_row = jnp.full((batch, heads), q_len - last_q)
   vertical, diagonal = line_sums(estimate)
-  return vertical, slash_from_diagonals(diagonal, jnp.full((batch, heads), q_len - last_q), last_q)
+  return vertical, slash_from_diagonals(diagonal, first_row, last_q)
 
 
 _LAYOUT_STATIC = ("v_size", "s_size", "num_rows", "block_q", "block_kv", "max_blocks", "causal", "n_forced_vertical",

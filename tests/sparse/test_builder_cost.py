@@ -6,10 +6,17 @@ vertical-slash head.
 
 Bytes accessed is a proxy for GPU time (3 TB/s: 1 GB ~ 0.3 ms). The bounds below are what the builders measure
 today plus ~10 % (regression guards), far below the earlier builders' 50 / 13 / 18 / 34 GB, and each comes with
-the part that dominates it. The float32 Last-Q estimate costs most: on this CPU the [Hq, 64, T] logits come out
-of the matmul in float32 (0.94 GB written, read by the softmax statistics, stored once as probabilities, read by
-the column and the diagonal sums), so any estimate-based builder stays above ~5 GB here, where a GPU's bf16
-matmul output and fused reductions would move about a third of that.
+the part that dominates it. Block top-k (no Last-Q estimate) is within the 3 GB budget; the estimate-based
+builders are not, on this CPU, and the parts that keep them above it are (per estimate, 128k tokens):
+  * the [Hq, 64, T] logits come out of the matmul in float32 (XLA:CPU has no bf16 matmul output): 0.94 GB
+    written, then read twice, once by the softmax statistics and once by ONE reduction that yields the column
+    and every diagonal sum (A_hat itself is never stored; it was stored and read twice before, 2.9 GB more);
+  * slicing the 64 estimation rows out of a bf16 q is counted as reading all of q (0.94 GB): XLA:CPU converts a
+    bf16 operand to float32 before the slice (the same slice of a float32 q counts 1.8 MB);
+  * K transposed to kv-head-major for the batched matmul: 0.27 GB.
+That floor is ~4.1 GB per estimate here; on a GPU (bf16 matmul output, slices read in place) the same program
+would move about 0.47 x 3 + 0.13 ~ 1.5 GB (arithmetic, not measured: compiling for a GPU needs
+one). The 2D-boundary head takes one estimate per query modality.
 
 The vertical-slash layout stage alone (from the estimate's column and slash sums) is bounded at 128k and at 1M
 tokens. XLA's CPU cost analysis counts a `top_k` (a TopK custom call) as 0 bytes, so those bounds add its operands
@@ -35,15 +42,15 @@ K = jax.ShapeDtypeStruct((1, S, HKV, D), jnp.bfloat16)
 IDS = jax.ShapeDtypeStruct((1, S), jnp.int32)
 
 BUILDERS = {
-  "vertical_slash": (lambda q, k: vertical_slash(q, k, 1000, 6096, block_q=BLOCK, block_kv=BLOCK), (Q, K), 9.0),
+  "vertical_slash": (lambda q, k: vertical_slash(q, k, 1000, 6096, block_q=BLOCK, block_kv=BLOCK), (Q, K), 6.0),
   "block_topk": (lambda q, k: block_topk(q, k, 50, block_q=BLOCK, block_kv=BLOCK), (Q, K), 1.9),
-  "grid": (lambda q, k: grid(q, k, (16, 256, 1024), block_q=BLOCK, block_kv=BLOCK), (Q, K), 7.0),
+  "grid": (lambda q, k: grid(q, k, (16, 256, 1024), block_q=BLOCK, block_kv=BLOCK), (Q, K), 5.0),
   "boundary_2d": (
     lambda q, k, ids: boundary_layout(
       q, k, ids, "vertical_slash", {"v_size": 1000, "s_size": 6096}, mode="2d", block_q=BLOCK, block_kv=BLOCK
     ),
     (Q, K, IDS),
-    36.5,
+    16.2,
   ),
 }
 
