@@ -12,10 +12,10 @@ Order of a run (and of a resumed run, which must end bitwise identical to an uni
      a checkpoint of another tree, shape or dtype, before writing anything; restore the state and, unless the step
      ends a phase, the data position of its phase (or, when the run is finished, return its summary). Else: init
      the state sharded (`jit(init, out_shardings)`), transplant the task's pretrained weights, evaluate ("before").
-  4. For each step s of each phase: at the phase's first step a fresh grain iterator over `task.source(phase)` and
-     `task.begin_phase`; records -> `task.prepare` (host, under the mesh; RNG `fold_in(prepare_key, s)`) -> the
-     jitted, donated update `updates_per_batch` times (RNG `fold_in(fold_in(update_key, s), k)`); metrics checked
-     for NaN/inf, logged, evaluated, checkpointed.
+  4. For each step s of each phase: at the phase's first step a fresh grain iterator over `task.source(phase)` (or
+     the task's own `task.dataset(phase, ...)`) and `task.begin_phase`; records -> `task.prepare` (host, under
+     the mesh; RNG `fold_in(prepare_key, s)`) -> the jitted, donated update `updates_per_batch` times (RNG
+     `fold_in(fold_in(update_key, s), k)`); metrics checked for NaN/inf, logged, evaluated, checkpointed.
   5. Final checkpoint; the summary (`final_metrics.json`, rebuilt from `metrics.jsonl`, so a resumed run's equals
      an uninterrupted one's), the plot, and one line per held-out metric: before, after each phase, final.
 
@@ -158,6 +158,7 @@ def train(config, workdir: str, *, devices: list[jax.Device] | None = None) -> d
   update_fn = getattr(task, "update", None) or base.loss_update(task.loss, optimizers)
   prepare_fn = getattr(task, "prepare", None) or (lambda state, records, rng, phase: (records, {}))
   begin_fn = getattr(task, "begin_phase", None)
+  dataset_fn = getattr(task, "dataset", None)
 
   init_state = functools.partial(initial_state, task, optimizers)
 
@@ -177,9 +178,13 @@ def train(config, workdir: str, *, devices: list[jax.Device] | None = None) -> d
     data_iterator, iterator_phase = None, None
 
     def open_phase(index: int):
-      source = task.source(phases[index])
-      dataset = make_pipeline(source, batch_size=phases[index].batch_size // jax.process_count(),
-                              seed=_phase_seed(config.seed, index), worker_count=_worker_count(config))
+      if dataset_fn is not None:  # the task batches its own records (e.g. aspect-ratio buckets)
+        dataset = dataset_fn(phases[index], seed=_phase_seed(config.seed, index),
+                             shard_index=jax.process_index(), shard_count=jax.process_count())
+      else:
+        source = task.source(phases[index])
+        dataset = make_pipeline(source, batch_size=phases[index].batch_size // jax.process_count(),
+                                seed=_phase_seed(config.seed, index), worker_count=_worker_count(config))
       return iter(dataset)
 
     try:

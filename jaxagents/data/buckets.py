@@ -223,10 +223,16 @@ class _CoverCropRecord:
     return {**record, self._image_key: resize_to_cover_and_crop(record[self._image_key], self._bucket)}
 
 
-def bucket_batch_sizes(buckets: Sequence[Bucket], *, tokens_per_batch: int, patch_size: int) -> tuple[int, ...]:
-  """B_k = max(1, tokens_per_batch // tokens_k): records per batch of each bucket at a fixed token budget."""
+def bucket_batch_sizes(
+  buckets: Sequence[Bucket], *, tokens_per_batch: int, patch_size: int, batch_multiple: int = 1
+) -> tuple[int, ...]:
+  """B_k = tokens_per_batch // tokens_k rounded down to a multiple of `batch_multiple` (at least one multiple):
+  records per batch of each bucket at a fixed token budget, splittable over `batch_multiple` batch shards."""
   _check_positive_int("tokens_per_batch", tokens_per_batch)
-  return tuple(max(1, tokens_per_batch // bucket.tokens(patch_size)) for bucket in buckets)
+  _check_positive_int("batch_multiple", batch_multiple)
+  return tuple(
+    max(1, tokens_per_batch // bucket.tokens(patch_size) // batch_multiple) * batch_multiple for bucket in buckets
+  )
 
 
 def bucketed_pipeline(
@@ -243,6 +249,7 @@ def bucketed_pipeline(
   shard_index: int | None = None,
   shard_count: int | None = None,
   prefetch_buffer_size: int = _DEFAULT_PREFETCH_BATCHES,
+  batch_multiple: int = 1,
 ) -> grain.IterDataset:
   """This host's endless stream of single-bucket batches; `iter(result)` supports `get_state()` / `set_state()`.
 
@@ -266,6 +273,7 @@ def bucketed_pipeline(
     shard_index, shard_count: this host reads records `shard_index::shard_count` of every bucket; defaults
       `jax.process_index()` and `jax.process_count()`.
     prefetch_buffer_size: batches read ahead by background threads; 0 reads synchronously on `next()`.
+    batch_multiple: every B_k is a multiple of this (this host's share of the data-parallel devices).
 
   Returns:
     A `grain.IterDataset` of batches: dicts of numpy arrays `[B_k, ...]`, the image `[B_k, bh, bw, C]`. Its
@@ -281,7 +289,8 @@ def bucketed_pipeline(
       f"indices_by_bucket: expected one index list per bucket ({len(buckets)} buckets, at least one), got "
       f"{len(indices_by_bucket)} lists."
     )
-  batch_sizes = bucket_batch_sizes(buckets, tokens_per_batch=tokens_per_batch, patch_size=patch_size)
+  batch_sizes = bucket_batch_sizes(buckets, tokens_per_batch=tokens_per_batch, patch_size=patch_size,
+                                   batch_multiple=batch_multiple)
   indices_by_bucket = [_check_indices(k, indices, num_records) for k, indices in enumerate(indices_by_bucket)]
   weights = _resolve_weights(weights, indices_by_bucket, shard_count)
 

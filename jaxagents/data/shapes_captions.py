@@ -77,6 +77,12 @@ WORD_ID = {word: i for i, word in enumerate(VOCABULARY)}
 # Four quadrant groups, "a small red circle at the top left" (8 words) each, joined by three "and".
 MAX_CAPTION_LENGTH = 4 * 8 + 3
 
+
+def max_caption_length(max_groups: int) -> int:
+  """Words in the longest caption of at most `max_groups` groups: 8 per phrase, an "and" between phrases."""
+  return 9 * max_groups - 1
+
+
 # Each colour once; kinds and region types spread out. Scenes holding any of these never appear in training.
 HELDOUT_COMBINATIONS = (("red", "triangle", "top left"), ("green", "circle", "right"), ("blue", "square", "bottom"),
                         ("yellow", "triangle", "centre"), ("magenta", "circle", "bottom right"),
@@ -365,8 +371,11 @@ class ShapesCaptionsSource:
     image_sizes = tuple((int(h), int(w)) for h, w in image_sizes)
     if not image_sizes or min(min(size) for size in image_sizes) < 16:
       raise ValueError(f"image_sizes: expected (height, width) pairs of at least 16 pixels, got {image_sizes}")
-    if max_len < MAX_CAPTION_LENGTH:
-      raise ValueError(f"max_len: captions run up to {MAX_CAPTION_LENGTH} words, got max_len={max_len}")
+    if isinstance(max_groups, bool) or not isinstance(max_groups, int) or max_groups < 1:
+      raise ValueError(f"max_groups: expected a positive integer, got {max_groups!r}")
+    if max_len < max_caption_length(max_groups):
+      raise ValueError(f"max_len: captions of up to {max_groups} groups run up to {max_caption_length(max_groups)} "
+                       f"words, got max_len={max_len}")
     self.num_records, self.seed, self.image_sizes, self.max_len = int(num_records), int(seed), image_sizes, max_len
     self.colours, self.kinds, self.max_groups = tuple(colours), tuple(kinds), max_groups
     self.scene(0)  # validates colours, kinds and max_groups now rather than in a grain worker

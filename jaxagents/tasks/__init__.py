@@ -14,6 +14,7 @@ TASKS = {
   "checkpoint_grpo": "jaxagents.tasks.checkpoint_grpo:CheckpointGRPO",
   "grpo": "jaxagents.tasks.grpo:GRPO",
   "onpolicy_distill": "jaxagents.tasks.onpolicy_distill:OnPolicyDistill",
+  "text_to_image": "jaxagents.tasks.text_to_image:TextToImage",
 }
 
 __all__ = ["TASKS", "Optimizer", "Phase", "Task", "get_task"]

@@ -98,6 +98,12 @@ class Task(Protocol):
 #                                                                   the reference policy)
 #   pretrained(abstract_state) -> {name: params} | None             weights restored into the born-sharded shells
 #   write_samples(state, workdir, step) -> None                     PNG grids, GIFs, next to the metrics
+#   dataset(phase, *, seed, shard_index, shard_count) -> grain.IterDataset
+#                                                                   this host's batches, when the task batches its
+#                                                                   own records (aspect-ratio buckets: one shape and
+#                                                                   its own batch size per step); its iterator must
+#                                                                   support get_state/set_state. Default:
+#                                                                   `make_pipeline(source(phase), batch_size, ...)`
 #   resumable(step) -> Sequence[str]                                config fields (or prefixes) that may differ
 #                                                                   from the workdir's on resuming at `step`
 #   plot_keys: Sequence[str]                                        curves in the final plot

@@ -11,6 +11,7 @@ from jaxagents.data import FunctionSource
 from jaxagents.data.buckets import (
   Bucket,
   assign_buckets,
+  bucket_batch_sizes,
   bucketed_pipeline,
   cover_crop_box,
   lens_buckets,
@@ -378,3 +379,11 @@ def test_bad_sizes_and_dimensions_are_rejected():
     cover_crop_box(10, -1, _SQUARE)
   with pytest.raises(ValueError, match="height"):
     Bucket(0, 16)
+
+
+def test_batch_sizes_round_down_to_a_multiple_of_the_batch_shards():
+  buckets = (Bucket(32, 32), Bucket(32, 48), Bucket(64, 64))  # 64, 96 and 256 tokens of 4 x 4 pixels
+  assert bucket_batch_sizes(buckets, tokens_per_batch=512, patch_size=4) == (8, 5, 2)
+  assert bucket_batch_sizes(buckets, tokens_per_batch=512, patch_size=4, batch_multiple=4) == (8, 4, 4)
+  with pytest.raises(ValueError, match="batch_multiple"):
+    bucket_batch_sizes(buckets, tokens_per_batch=512, patch_size=4, batch_multiple=0)
