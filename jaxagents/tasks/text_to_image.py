@@ -104,15 +104,14 @@ class TextToImage:
     )
     self.dit = mmdit.MMDiT(self.dit_config)
     ae, flow = config.autoencoder, config.flow
-    nominal_batch = max(1, flow.tokens_per_batch // self._tokens(*self.sizes[0]))
+    # A phase's batch_size is nominal here (the first bucket's): `dataset` sizes every batch by its bucket.
+    nominal = lambda step: max(1, step.tokens_per_batch // self._tokens(*self.sizes[0]))  # noqa: E731
     self.phases = (
-      Phase("autoencoder", ae.steps, max(1, ae.tokens_per_batch // self._tokens(*self.sizes[0])), optimizer="vae"),
-      Phase("flow", flow.steps, nominal_batch, optimizer="main"),
+      Phase("autoencoder", ae.steps, nominal(ae), optimizer="vae"),
+      Phase("flow", flow.steps, nominal(flow), optimizer="main"),
     )
     self.logical_rules = vae.VAE_RULES
     self.plot_keys = ("loss", "eval/prompt_following", "eval/unconditional_baseline")
-    self.summary_keys = ("eval/prompt_following", "eval/unconditional_baseline", "eval/colour_in_region",
-                         "eval/count")
     self.eval_scenes = tuple(scene for scene in shapes.HELDOUT_SCENES if len(scene.groups) <= data.max_groups)
     self._optimizers = self._build_optimizers()
 

@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 
 from jaxagents import sharding
@@ -25,6 +24,7 @@ from jaxagents.rl import grpo, vgs
 from jaxagents.tasks import rollouts
 from jaxagents.tasks.onpolicy_distill import OnPolicyDistill
 from tests.tasks import configs, hand_made
+from tests.tasks.checkpoints import saved_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _GROUP, _PROMPTS = 2, 2
@@ -300,17 +300,6 @@ def _run(workdir, *, cache, kill_after=None):
   return subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=1200)
 
 
-def _saved_state(workdir, step=None):
-  """The checkpoint of `step` (default: the latest) as host numpy arrays: (step, state)."""
-  checkpoints = workdir / "checkpoints"
-  step = step or max(int(d) for d in os.listdir(checkpoints) if d.isdigit())
-  path = os.fspath(checkpoints / str(step) / "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  saved = checkpointer.metadata(path).item_metadata.tree
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
-  return step, checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-
-
 def _equal_trees(a, b):
   return jax.tree.structure(a) == jax.tree.structure(b) and all(
     np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
@@ -324,14 +313,14 @@ def test_sigkilled_vgs_job_resumes_bitwise_with_the_same_summary(tmp_path):
   assert straight.returncode == 0, straight.stderr[-3000:]
   killed = _run(tmp_path / "resumed", cache=cache, kill_after=7)  # the 2nd distillation step
   assert killed.returncode == -9, f"expected SIGKILL, got {killed.returncode}: {killed.stderr[-3000:]}"
-  _, after_sft = _saved_state(tmp_path / "resumed", 5)
+  _, after_sft = saved_state(tmp_path / "resumed", 5)
   resumed = _run(tmp_path / "resumed", cache=cache)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   # Mid-distillation (step 6, or 7 if its save was committed too): the data position is restored as well.
   assert re.search(r"Resumed from step [67] ", resumed.stderr), resumed.stderr[-3000:]
 
-  step_a, state_a = _saved_state(tmp_path / "straight")
-  step_b, state_b = _saved_state(tmp_path / "resumed")
+  step_a, state_a = saved_state(tmp_path / "straight")
+  step_b, state_b = saved_state(tmp_path / "resumed")
   assert step_a == step_b == 8
   assert set(state_a) >= {"params", "teacher_params", "opt_state", "step", "phase"}
   assert jax.tree.structure(state_a) == jax.tree.structure(state_b)

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 
 from jaxagents import metrics as metrics_lib
@@ -22,6 +21,7 @@ from jaxagents import sharding
 from jaxagents import train as train_lib
 from jaxagents.tasks import base, counting_vlm, get_task, vlm_sft
 from tests.tasks import configs
+from tests.tasks.checkpoints import saved_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -37,17 +37,6 @@ def _run(config: str, workdir, *extra, kill_after=None):
   return subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
-def _saved_state(workdir):
-  """The latest checkpoint's state as host numpy arrays."""
-  checkpoints = workdir / "checkpoints"
-  step = max(int(d) for d in os.listdir(checkpoints) if d.isdigit())
-  path = os.fspath(checkpoints / str(step) / "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  saved = checkpointer.metadata(path).item_metadata.tree
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
-  return step, checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-
-
 def test_sigkilled_grpo_job_resumes_bitwise_with_the_same_summary(tmp_path):
   # configs/grpo_shapes.py:test: 4 SFT steps, 4 GRPO steps; a checkpoint every step (asynchronous: orbax finishes
   # one save before it starts the next, so a kill after step 7 leaves step 6 or 7, mid-GRPO, as the latest).
@@ -60,8 +49,8 @@ def test_sigkilled_grpo_job_resumes_bitwise_with_the_same_summary(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "Resumed from step 6" in resumed.stderr or "Resumed from step 7" in resumed.stderr, resumed.stderr[-3000:]
 
-  step_a, state_a = _saved_state(tmp_path / "straight")
-  step_b, state_b = _saved_state(tmp_path / "resumed")
+  step_a, state_a = saved_state(tmp_path / "straight")
+  step_b, state_b = saved_state(tmp_path / "resumed")
   assert step_a == step_b == 8
   assert jax.tree.structure(state_a) == jax.tree.structure(state_b)
   assert set(state_a) >= {"params", "ref_params", "opt_state", "step", "phase"}

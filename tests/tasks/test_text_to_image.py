@@ -9,7 +9,6 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from jaxagents import train
@@ -18,6 +17,7 @@ from jaxagents.models import vae
 from jaxagents.sharding import unbox
 from jaxagents.tasks.text_to_image import TextToImage
 from tests.tasks import configs
+from tests.tasks.checkpoints import saved_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -191,16 +191,6 @@ def _run(workdir, *, cache, arg="test", kill_after=None, extra=()):
   return subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)
 
 
-def _saved_state(workdir):
-  checkpoints = workdir / "checkpoints"
-  step = max(int(d) for d in os.listdir(checkpoints) if d.isdigit())
-  path = os.fspath(checkpoints / str(step) / "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  saved = checkpointer.metadata(path).item_metadata.tree
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
-  return step, checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-
-
 @pytest.mark.slow  # in CI after the suite (.ci/run): three runs of both phases (a minute of XLA compiles each)
 def test_sigkilled_text_to_image_job_resumes_bitwise_mid_flow_phase(tmp_path):
   cache = tmp_path / "xla"
@@ -213,8 +203,8 @@ def test_sigkilled_text_to_image_job_resumes_bitwise_mid_flow_phase(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   # mid-flow (step 4, or 5 if its save was committed too): the bucketed stream's position is restored as well
   assert re.search(r"Resumed from step [45] ", resumed.stderr), resumed.stderr[-3000:]
-  step_a, state_a = _saved_state(tmp_path / "straight")
-  step_b, state_b = _saved_state(tmp_path / "resumed")
+  step_a, state_a = saved_state(tmp_path / "straight")
+  step_b, state_b = saved_state(tmp_path / "resumed")
   assert step_a == step_b == 6
   assert {"params", "ema", "vae", "latent_stats", "opt_state"} <= set(state_a)
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
