@@ -15,7 +15,8 @@ from jaxagents.models.qwen_vl import QwenVL, load_params
 from jaxagents.models.qwen_vl.processor import Processor
 from tests.models.qwen_vl import tiny_checkpoint
 from tests.models.qwen_vl.test_processor import hf_processor
-from tests.tasks.test_rl_jobs import _run, _saved_state
+from tests.tasks.checkpoints import saved_state
+from tests.tasks.test_rl_jobs import _run
 
 torch = pytest.importorskip("torch")
 
@@ -43,8 +44,8 @@ def test_sft_then_grpo_on_a_local_checkpoint_resumes_bitwise_and_exports_for_tra
   resumed = _run("grpo_qwen2_5_vl.py:small", tmp_path / "resumed", *grpo)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "Resumed from step" in resumed.stderr, resumed.stderr[-3000:]
-  step_a, state_a = _saved_state(tmp_path / "straight")
-  step_b, state_b = _saved_state(tmp_path / "resumed")
+  step_a, state_a = saved_state(tmp_path / "straight")
+  step_b, state_b = saved_state(tmp_path / "resumed")
   assert step_a == step_b == 3
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
     np.testing.assert_array_equal(a, b)  # bitwise
