@@ -2,6 +2,8 @@
 MMDiT with a small Qwen3 text encoder, on rendered shapes with dense captions at three aspect ratios.
 
   python -m jaxagents.train --config configs/text_to_image_shapes.py --workdir runs/t2i_shapes
+  python -m jaxagents.train --config configs/text_to_image_shapes.py:turbo --workdir runs/t2i_turbo \
+      --config.distill.teacher_workdir=runs/t2i_shapes   # a 4-step student distilled from that run's EMA teacher
   python -m jaxagents.train --config configs/text_to_image_shapes.py:test --workdir /tmp/t2i_test   # for tests
 
 Writes runs/t2i_shapes/{metrics.jsonl, loss.png, samples/step_*.png, final_metrics.json, checkpoints/}; prints the
@@ -32,6 +34,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.autoencoder = dict(steps=600, tokens_per_batch=1024, kl_weight=1e-4, optimizer=_adamw(3e-3, 30))
   c.flow = dict(steps=1500, tokens_per_batch=2048, optimizer=_adamw(1e-3, 100), caption_dropout=0.1,
                 ema_decay=0.995, sigma_loc=0.0, sigma_scale=1.0, resolution_shift=False)
+  # DMD2 distillation (off here; the `turbo` variant runs it on a finished run's teacher).
+  c.distill = dict(steps=0, tokens_per_batch=1024, student_steps=4, sampler="renoise", teacher_guidance=4.0,
+                   fake_updates=4, min_sigma=0.02, max_sigma=0.98, teacher_workdir="",
+                   optimizer=_adamw(1e-4, 20) | dict(b1=0.0), fake_optimizer=_adamw(1e-4, 20) | dict(b1=0.0))
   c.eval = dict(samples_per_prompt=2, steps=20, guidance=4.0)
   c.log_every = 50
   c.eval_every = 500
@@ -44,18 +50,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dit.update(heads=2, head_dim=16, layers=1, mlp=64, rope_axes=(4, 6, 6), time_channels=32)
     c.autoencoder.update(steps=3, tokens_per_batch=512)
     c.flow.update(steps=3, tokens_per_batch=512)
+    c.distill.update(tokens_per_batch=512, fake_updates=2)
     c.eval = dict(samples_per_prompt=1, steps=2, guidance=4.0)
     c.log_every, c.eval_every = 1, 0
     c.checkpoint = dict(save_every=3, keep=2)
-  elif arg == "short":  # the learning check of the test suite: one-group scenes, a smaller DiT, ~2 minutes
-    c.data.update(num_records=20_000, image_sizes=((32, 32), (32, 48)), max_groups=1, max_len=8)
-    c.text.update(hidden=32, mlp=64, heads=2)
-    c.dit.update(heads=2, head_dim=32, layers=2, mlp=128, rope_axes=(8, 12, 12), time_channels=32)
-    c.autoencoder.update(steps=300)
-    c.flow.update(steps=600, tokens_per_batch=1024, optimizer=_adamw(3e-3, 50))
-    c.eval = dict(samples_per_prompt=2, steps=10, guidance=4.0)
-    c.log_every, c.eval_every = 50, 0
-    c.checkpoint = dict(save_every=1000, keep=1)
+  elif arg == "turbo":  # distillation only: the VAE and teacher come from `distill.teacher_workdir`
+    c.autoencoder.steps, c.flow.steps = 0, 0
+    c.distill.steps = 300
+    c.eval_every = 100
+    c.checkpoint = dict(save_every=100, keep=2)
   elif arg:
-    raise ValueError(f"configs/text_to_image_shapes.py: unknown variant {arg!r}; expected none, 'short' or 'test'.")
+    raise ValueError(f"configs/text_to_image_shapes.py: unknown variant {arg!r}; expected none, 'turbo' or 'test'.")
   return c

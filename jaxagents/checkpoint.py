@@ -161,3 +161,39 @@ def tree_differences(saved: dict[str, tuple], expected: dict[str, tuple]) -> lis
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
   """`jax.ShapeDtypeStruct`s of `tree` (arrays or abstract values) carrying the given shardings."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def restore_trees(workdir: str | os.PathLike, abstract_trees: dict[str, Any],
+                  step: int | None = None) -> dict[str, Any]:
+  """Named top-level trees of the train state saved by another run (a teacher, a base model): `abstract_trees`
+  maps names to `jax.ShapeDtypeStruct` trees (with shardings) and the arrays are read straight into them.
+
+  Reads `workdir`/checkpoints/<step> (default: the latest) and nothing else of that run; the saved trees must have
+  the paths, shapes and dtypes of `abstract_trees` (other trees in the checkpoint are ignored), else
+  `CheckpointMismatchError` names the differences before any array is read.
+  """
+  directory = epath.Path(workdir if "://" in os.fspath(workdir) else os.path.abspath(workdir)) / "checkpoints"
+  steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
+  if not steps:
+    raise CheckpointError(f"{directory}: no checkpoint to read {sorted(abstract_trees)} from (expected the "
+                          f"workdir of a finished run).")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise CheckpointError(f"{directory}: no checkpoint at step {step}; steps present: {steps}.")
+  path = directory / str(step) / STATE
+  checkpointer = ocp.PyTreeCheckpointer()
+  stored = checkpointer.metadata(path).item_metadata.tree
+  missing = sorted(set(abstract_trees) - set(stored))
+  if missing:
+    raise CheckpointMismatchError(f"{path} holds no {missing} (it holds {sorted(stored)}).")
+  differences = tree_differences(_leaf_signatures({name: stored[name] for name in abstract_trees}),
+                                 _leaf_signatures(abstract_trees))
+  if differences:
+    raise CheckpointMismatchError(
+      f"{path} holds other trees than this config builds ({len(differences)} differences; saved vs expected: "
+      f"{'; '.join(differences[:5])}{'; ...' if len(differences) > 5 else ''}): was it written by another model?")
+  restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape,
+                                                             dtype=x.dtype), abstract_trees)
+  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(item=abstract_trees, restore_args=restore_args,
+                                                                    partial_restore=True))
+  return {name: restored[name] for name in abstract_trees}

@@ -112,3 +112,31 @@ def test_checkpoint_of_another_dtype_is_refused(tmp_path):
   with pytest.raises(checkpoint_lib.CheckpointMismatchError, match=r"params\.b float32\[4\] vs bfloat16\[4\]"):
     checkpoint_lib.Checkpointer(tmp_path, save_every=1).check_matches(1, bf16)
   checkpoint_lib.Checkpointer(tmp_path, save_every=1).check_matches(1, jax.eval_shape(_state))  # the same passes
+
+
+def test_restore_trees_reads_named_trees_of_another_run_and_refuses_mismatches(tmp_path):
+  state = {**_state(), "ema": {"w": jnp.full((8, 4), 2.0)}, "opt_state": {"mu": jnp.zeros(4)}}
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path / "teacher" / "checkpoints", save_every=1, async_save=False)
+  checkpointer.save(1, jax.tree.map(jnp.zeros_like, state))
+  checkpointer.save(5, state)
+  checkpointer.close()
+  mesh = sharding.make_mesh({"fsdp": 4, "tensor": 2})
+  wanted = {"params": {"w": NamedSharding(mesh, PartitionSpec("fsdp", "tensor")),
+                       "b": NamedSharding(mesh, PartitionSpec())},
+            "ema": {"w": NamedSharding(mesh, PartitionSpec())}}
+  abstract = checkpoint_lib.abstract_with_shardings({k: state[k] for k in wanted}, wanted)
+  restored = checkpoint_lib.restore_trees(tmp_path / "teacher", abstract)  # the latest step; opt_state not read
+  assert set(restored) == {"params", "ema"}
+  assert restored["params"]["w"].sharding == wanted["params"]["w"]
+  jax.tree.map(np.testing.assert_array_equal, restored, {k: state[k] for k in wanted})
+  older = checkpoint_lib.restore_trees(tmp_path / "teacher", abstract, step=1)
+  np.testing.assert_array_equal(older["ema"]["w"], 0.0)
+  with pytest.raises(checkpoint_lib.CheckpointMismatchError, match=r"params\.w float32\[8, 4\] vs float32\[4, 8\]"):
+    checkpoint_lib.restore_trees(tmp_path / "teacher", {"params": {"w": jax.ShapeDtypeStruct((4, 8), jnp.float32),
+                                                                   "b": jax.ShapeDtypeStruct((4,), jnp.float32)}})
+  with pytest.raises(checkpoint_lib.CheckpointMismatchError, match="holds no \\['student'\\]"):
+    checkpoint_lib.restore_trees(tmp_path / "teacher", {"student": abstract["ema"]})
+  with pytest.raises(checkpoint_lib.CheckpointError, match="no checkpoint at step 3"):
+    checkpoint_lib.restore_trees(tmp_path / "teacher", abstract, step=3)
+  with pytest.raises(checkpoint_lib.CheckpointError, match="no checkpoint to read"):
+    checkpoint_lib.restore_trees(tmp_path / "elsewhere", abstract)

@@ -16,6 +16,13 @@ Phases (each with its own optimizer and parameter tree; the loop runs them in or
      unconditional velocity of classifier-free guidance; an EMA of the weights (tree "ema") that samples use.
      Lens feeds its DiT several hidden layers of a frozen GPT-OSS; here every layer of the tiny encoder is fed
      (its RMSNorms and projector as Lens's), and the encoder trains, having no pretrained weights to keep.
+  3. "distill" (optional, `config.distill.steps` > 0; optimizers "student" and "fake", trees of the same names): a
+     few-step student distilled from the EMA teacher by distribution matching (`diffusion.distillation`, DMD2 with
+     backward simulation; a reconstruction of Lens-Turbo, whose method is unpublished). Student and fake-score DiTs
+     start as copies of the teacher's (`begin_phase`) and read the teacher's frozen text features; per step the fake
+     score takes `fake_updates` flow-matching steps on the student's samples, then the student one step along the
+     score difference between the CFG-guided teacher and the fake score. The student samples at CFG 1. The teacher
+     comes from this job's "flow" phase, or from another run's checkpoint (`distill.teacher_workdir`).
 
 Data: `data.shapes_captions` rendered at several aspect ratios, batched by `data.buckets.bucketed_pipeline` (one
 shape per batch, batch size inversely proportional to its token count, buckets mixed in proportion to their
@@ -39,15 +46,19 @@ import numpy as np
 import optax
 from PIL import Image
 
-from jaxagents import optim, sharding
+from jaxagents import checkpoint, optim, sharding
 from jaxagents.data import prompt_following
 from jaxagents.data import shapes_captions as shapes
 from jaxagents.data.buckets import Bucket, bucketed_pipeline
 from jaxagents.diffusion import (
+  backward_simulation,
   batched_cfg,
   caption_dropout,
+  clean_prediction,
+  distribution_matching_loss,
   ema_update,
   euler_sample,
+  few_step_sample,
   flow_matching_loss,
   inference_sigmas,
   noised,
@@ -110,8 +121,23 @@ class TextToImage:
       Phase("autoencoder", ae.steps, nominal(ae), optimizer="vae"),
       Phase("flow", flow.steps, nominal(flow), optimizer="main"),
     )
+    distill = config.get("distill", None)
+    self.distill = distill if distill is not None and distill.steps > 0 else None
+    if self.distill is not None:
+      self.phases += (Phase("distill", distill.steps, nominal(distill), optimizer="student"),)
+      if distill.sampler not in ("euler", "renoise"):
+        raise ValueError(f"distill.sampler: expected 'euler' or 'renoise', got {distill.sampler!r}.")
+      if not distill.get("teacher_workdir", "") and (ae.steps == 0 or flow.steps == 0):
+        raise ValueError(f"distill.teacher_workdir: a job without its own autoencoder and flow phases (steps "
+                         f"{ae.steps}, {flow.steps}) distils the teacher of a finished run; pass its workdir.")
+      if distill.student_steps < 1:
+        raise ValueError(f"distill.student_steps: expected >= 1, got {distill.student_steps}.")
+      # The student's sigmas: its sampler's steps, the terminal 0 last.
+      self.student_sigmas = np.asarray(inference_sigmas(distill.student_steps, shift=1.0)[0], np.float32)
     self.logical_rules = vae.VAE_RULES
     self.plot_keys = ("loss", "eval/prompt_following", "eval/unconditional_baseline")
+    if self.distill is not None:
+      self.plot_keys += ("eval/student_prompt_following",)
     self.eval_scenes = tuple(scene for scene in shapes.HELDOUT_SCENES if len(scene.groups) <= data.max_groups)
     self._optimizers = self._build_optimizers()
 
@@ -131,8 +157,28 @@ class TextToImage:
     dit_params = self.dit.init(dit_key, jnp.zeros((1, rows * cols, self.dit_config.in_channels)), txt,
                                jnp.zeros((1,)), img_ids, txt_ids)["params"]
     params = {"dit": dit_params, "text": text_params}
-    return {"params": params, "ema": params, "vae": vae_variables["params"],
-            "latent_stats": vae_variables["batch_stats"]}
+    state = {"params": params, "ema": params, "vae": vae_variables["params"],
+             "latent_stats": vae_variables["batch_stats"]}
+    if self.distill is not None:  # overwritten by the teacher's DiT when the phase begins
+      state |= {"student": {"dit": dit_params}, "fake": {"dit": dit_params}}
+    return state
+
+  def pretrained(self, abstract_state):
+    """The teacher's run (`distill.teacher_workdir`): its VAE, latent statistics, weights and EMA weights, and the
+    EMA DiT as the student's and the fake score's starting point (as `begin_phase` sets them)."""
+    workdir = self.distill.get("teacher_workdir", "") if self.distill is not None else ""
+    if not workdir:
+      return None
+    trees = checkpoint.restore_trees(workdir, {name: abstract_state[name]
+                                               for name in ("vae", "latent_stats", "params", "ema")})
+    return trees | {"student": {"dit": trees["ema"]["dit"]}, "fake": {"dit": trees["ema"]["dit"]}}
+
+  def begin_phase(self, state, phase):
+    if phase.name != "distill":
+      return state
+    teacher = state["ema"]["dit"]
+    return {**state, "student": {"dit": jax.tree.map(jnp.copy, teacher)},
+            "fake": {"dit": jax.tree.map(jnp.copy, teacher)}}
 
   def optimizers(self):
     return self._optimizers
@@ -141,8 +187,15 @@ class TextToImage:
     ae, flow = self.config.autoencoder, self.config.flow
     vae_tx, vae_schedule = optim.make_optimizer(ae.optimizer, ae.steps)
     main_tx, main_schedule = optim.make_optimizer(flow.optimizer, flow.steps)
-    return {"vae": Optimizer(vae_tx, params="vae", schedule=vae_schedule),
-            "main": Optimizer(main_tx, params="params", schedule=main_schedule)}
+    optimizers = {"vae": Optimizer(vae_tx, params="vae", schedule=vae_schedule),
+                  "main": Optimizer(main_tx, params="params", schedule=main_schedule)}
+    if self.distill is not None:
+      student_tx, student_schedule = optim.make_optimizer(self.distill.optimizer, self.distill.steps)
+      fake_tx, fake_schedule = optim.make_optimizer(self.distill.fake_optimizer,
+                                                    self.distill.steps * self.distill.fake_updates)
+      optimizers |= {"student": Optimizer(student_tx, params="student", schedule=student_schedule),
+                     "fake": Optimizer(fake_tx, params="fake", schedule=fake_schedule)}
+    return optimizers
 
   # ------------------------------------------------------------------------------------------------ data
   def source(self, phase):
@@ -151,7 +204,7 @@ class TextToImage:
 
   def dataset(self, phase: Phase, *, seed: int, shard_index: int, shard_count: int):
     """Aspect-ratio buckets: record i is rendered at sizes[i % len(sizes)], so bucket k holds the residue class k."""
-    step = self.config.autoencoder if phase.name == "autoencoder" else self.config.flow
+    step = {"autoencoder": self.config.autoencoder, "flow": self.config.flow}.get(phase.name, self.distill)
     count = len(self.sizes)
     indices = [np.arange(k, len(self.train_source), count) for k in range(count)]
     # Every batch splits evenly over this host's share of the data-parallel devices (the loop's mesh).
@@ -171,6 +224,8 @@ class TextToImage:
   def update(self, state, batch, rng, phase):
     if phase.name == "autoencoder":
       return self._autoencoder_update(state, batch, rng, phase)
+    if phase.name == "distill":
+      return self._distill_update(state, batch, rng)
     return self._flow_update(state, batch, rng, phase)
 
   def _autoencoder_update(self, state, batch, rng, phase):
@@ -207,8 +262,11 @@ class TextToImage:
     """The DiT's velocity; the encoder reads the caption (caption_mask), the DiT its tokens where dit_mask (all
     False: a dropped caption, the unconditional model)."""
     features = self._text_features(params["text"], ids, caption_mask)
-    img_ids, txt_ids = msrope_position_ids(rows, cols, ids.shape[1])
-    return self.dit.apply({"params": params["dit"]}, x, features, sigma, img_ids, txt_ids, dit_mask)
+    return self._dit_velocity(params["dit"], x, sigma, features, dit_mask, rows, cols)
+
+  def _dit_velocity(self, dit_params, x, sigma, features, dit_mask, rows, cols):
+    img_ids, txt_ids = msrope_position_ids(rows, cols, features[0].shape[1])
+    return self.dit.apply({"params": dit_params}, x, features, sigma, img_ids, txt_ids, dit_mask)
 
   def encode(self, state, images: jax.Array) -> jax.Array:
     """uint8 images [B, H, W, 3] -> the frozen VAE's normalised tokens [B, h, w, C] (posterior mode)."""
@@ -236,6 +294,66 @@ class TextToImage:
     state = {**state, "ema": ema_update(state["ema"], state["params"], flow.ema_decay)}
     return state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "captions_dropped": jnp.mean(dropped),
                    "sigma_mean": jnp.mean(sigma), "loss_high_noise": _mean_where(metrics["per_sample"], sigma > 0.5)}
+
+  def _distill_update(self, state, batch, rng):
+    """One DMD2 step (module docstring): `fake_updates` steps of the fake score on the student's samples, then one
+    student step along the normalised score difference."""
+    distill = self.distill
+    height, width = batch["image"].shape[1:3]
+    rows, cols = height // self.token_pixels, width // self.token_pixels
+    ids, mask = batch["caption_ids"], batch["caption_mask"]
+    teacher = state["ema"]
+    features = jax.lax.stop_gradient(self._text_features(teacher["text"], ids, mask))
+    batch_size = ids.shape[0]
+    shape = (batch_size, rows * cols, self.dit_config.in_channels)
+    noise_key, steps_key, simulation_key, fake_key, tau_key, eps_key = jax.random.split(rng, 6)
+
+    def velocity(dit_params, x, sigma):
+      return self._dit_velocity(dit_params, x, sigma, features, mask, rows, cols)
+
+    student = jax.lax.stop_gradient(state["student"]["dit"])
+    steps = jax.random.randint(steps_key, (batch_size,), 0, distill.student_steps)
+    x, sigma = backward_simulation(functools.partial(velocity, student), jax.random.normal(noise_key, shape),
+                                   self.student_sigmas, steps, simulation_key, method=distill.sampler)
+    samples = jax.lax.stop_gradient(clean_prediction(x, velocity(student, x, sigma), sigma))
+
+    def draw_tau(key):
+      return jax.random.uniform(key, (batch_size,), minval=distill.min_sigma, maxval=distill.max_sigma)
+
+    fake_optimizer = self._optimizers["fake"]
+
+    def fake_step(carry, key):
+      params, opt_state = carry
+      tau_key, eps_key = jax.random.split(key)
+      tau, eps = draw_tau(tau_key), jax.random.normal(eps_key, shape)
+
+      def loss_fn(params):
+        return flow_matching_loss(velocity(params["dit"], noised(samples, eps, tau), tau), samples, eps)
+
+      (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      updates, opt_state = fake_optimizer.tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), loss
+
+    (fake, fake_opt_state), fake_losses = jax.lax.scan(
+      fake_step, (state["fake"], state["opt_state"]["fake"]), jax.random.split(fake_key, distill.fake_updates))
+    state = {**state, "fake": fake, "opt_state": {**state["opt_state"], "fake": fake_opt_state}}
+
+    tau, eps = draw_tau(tau_key), jax.random.normal(eps_key, shape)
+    both_features = [jnp.concatenate([f, f]) for f in features]
+    both_masks = jnp.concatenate([mask, jnp.zeros_like(mask)])  # the conditional rows, then the captions dropped
+    guided = batched_cfg(lambda z, t: self._dit_velocity(teacher["dit"], z, jnp.concatenate([t, t]), both_features,
+                                                         both_masks, rows, cols), distill.teacher_guidance)
+
+    def loss_fn(params):
+      x0 = clean_prediction(x, velocity(params["dit"], x, sigma), sigma)
+      x_tau = jax.lax.stop_gradient(noised(x0, eps, tau))
+      x0_real = clean_prediction(x_tau, guided(x_tau, tau), tau)
+      x0_fake = clean_prediction(x_tau, velocity(fake["dit"], x_tau, tau), tau)
+      return distribution_matching_loss(x0, x0_real, x0_fake)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["student"])
+    state = apply_gradients(state, grads, "student", self._optimizers["student"])
+    return state, {**metrics, "loss": loss, "fake_loss": jnp.mean(fake_losses), "grad_norm": optax.tree.norm(grads)}
 
   # ------------------------------------------------------------------------------------------ evaluation
   def sample(self, params, state, ids, mask, height: int, width: int, key, *, guidance: float | None = None,
@@ -273,6 +391,27 @@ class TextToImage:
     grid = tokens.reshape(tokens.shape[0], rows, cols, tokens.shape[-1])
     return self.vae.apply(variables, grid, method="decode_from_tokens")
 
+  def sample_student(self, state, ids, mask, height: int, width: int, key) -> np.ndarray:
+    """uint8 [B, H, W, 3] images from the distilled student: `distill.student_steps` steps of its sampler at CFG 1,
+    on the teacher's (frozen) text features."""
+    return _to_uint8(self._sample_student(state["student"]["dit"], state["ema"]["text"], state["vae"],
+                                          state["latent_stats"], jnp.asarray(ids), jnp.asarray(mask), key, height,
+                                          width))
+
+  @functools.partial(jax.jit, static_argnums=(0, 8, 9))
+  def _sample_student(self, student, text_params, vae_params, latent_stats, ids, mask, key, height, width):
+    rows, cols = height // self.token_pixels, width // self.token_pixels
+    noise_key, sampler_key = jax.random.split(key)
+    noise = jax.random.normal(noise_key, (ids.shape[0], rows * cols, self.dit_config.in_channels))
+    features = self._text_features(text_params, ids, mask)
+
+    def velocity(x, t):
+      return self._dit_velocity(student, x, jnp.broadcast_to(t, (x.shape[0],)), features, mask, rows, cols)
+
+    tokens = few_step_sample(velocity, noise, self.student_sigmas, method=self.distill.sampler, key=sampler_key)
+    grid = tokens.reshape(tokens.shape[0], rows, cols, tokens.shape[-1])
+    return self.vae.apply({"params": vae_params, "batch_stats": latent_stats}, grid, method="decode_from_tokens")
+
   def _eval_prompts(self):
     """(ids [N, L], mask [N, L], scenes): every held-out scene `eval.samples_per_prompt` times."""
     scenes = [scene for scene in self.eval_scenes for _ in range(self.config.eval.samples_per_prompt)]
@@ -292,12 +431,24 @@ class TextToImage:
     score = prompt_following.prompt_following_score(images, scenes)
     unconditional = prompt_following.prompt_following_score(baseline, scenes)
     upper = prompt_following.prompt_following_score(reconstructed, scenes)
-    self._last_samples = (step, images)
     l1 = float(np.mean(np.abs(reconstructed.astype(np.float32) - rendered.astype(np.float32)))) / 127.5
-    return {"eval/prompt_following": score["total"], "eval/unconditional_baseline": unconditional["total"],
-            "eval/colour_in_region": score["colour_in_region"], "eval/count": score["count"],
-            "eval/baseline_colour_in_region": unconditional["colour_in_region"],
-            "eval/reconstruction_l1": l1, "eval/reconstruction_prompt_following": upper["total"]}
+    metrics = {"eval/prompt_following": score["total"], "eval/unconditional_baseline": unconditional["total"],
+               "eval/colour_in_region": score["colour_in_region"], "eval/count": score["count"],
+               "eval/baseline_colour_in_region": unconditional["colour_in_region"],
+               "eval/reconstruction_l1": l1, "eval/reconstruction_prompt_following": upper["total"]}
+    self._last_samples = (step, [images])
+    if self.distill is not None:
+      student = self.sample_student(state, ids, mask, height, width, key)
+      student_score = prompt_following.prompt_following_score(student, scenes)
+      # The teacher at the student's step count (with CFG: twice its evaluations): what distilling adds.
+      few_steps = self.sample(state["ema"], state, ids, mask, height, width, key, num_steps=self.distill.student_steps)
+      metrics |= {"eval/student_prompt_following": student_score["total"],
+                  "eval/student_colour_in_region": student_score["colour_in_region"],
+                  "eval/student_count": student_score["count"],
+                  "eval/teacher_few_step_prompt_following":
+                    prompt_following.prompt_following_score(few_steps, scenes)["total"]}
+      self._last_samples[1].append(student)
+    return metrics
 
   @functools.partial(jax.jit, static_argnums=0)
   def _reconstruct(self, vae_params, latent_stats, images):
@@ -307,15 +458,16 @@ class TextToImage:
 
   def write_samples(self, state, workdir, step) -> None:
     """A PNG grid of the held-out prompts at every evaluation: a column per prompt (in the order of
-    `HELDOUT_SCENES`), the first row a rendering of what the prompt says, then a row of samples per seed."""
+    `HELDOUT_SCENES`), the first row a rendering of what the prompt says, then a row of samples per seed (and, when
+    distilling, a row per seed of the few-step student's)."""
     last = getattr(self, "_last_samples", None)
     if last is None or last[0] != step or jax.process_index() != 0:
       return
-    images = last[1]
     per_prompt = self.config.eval.samples_per_prompt
-    height, width = images.shape[1:3]
+    height, width = last[1][0].shape[1:3]
     rendered = np.concatenate([shapes.render(scene, height, width) for scene in self.eval_scenes], axis=1)
-    rows = [rendered] + [np.concatenate(list(images[seed::per_prompt]), axis=1) for seed in range(per_prompt)]
+    rows = [rendered] + [np.concatenate(list(images[seed::per_prompt]), axis=1)
+                         for images in last[1] for seed in range(per_prompt)]
     buffer = io.BytesIO()
     Image.fromarray(np.concatenate(rows, axis=0)).save(buffer, format="PNG")
     (workdir / "samples").mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,7 @@ def _capped_mask(rng, shape, max_blocks, density=0.6):
   return mask
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): ~30 s in the Mosaic GPU interpreter on 2 cores
 @needs_interpreter
 def test_gqa_per_kv_head_layout_with_permuted_per_kv_head_positions():
   # Block 128 x 128 (both compute warpgroups on one layout row, one K/V stream), MAXN = 3 (odd counts),
@@ -109,6 +110,7 @@ def test_gqa_per_kv_head_layout_with_permuted_per_kv_head_positions():
   _check_against_reference(q, k, v, layout, positions, positions, causal=True, sm_scale=0.125)
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): ~30 s in the Mosaic GPU interpreter on 2 cores
 @needs_interpreter
 def test_per_query_head_layout_one_row_per_warpgroup_honours_a_block_marked_full():
   # layout.block_q = 64: each of the two compute warpgroups walks its own row (own K/V ring). A diagonal block

@@ -37,6 +37,7 @@ def _run(config: str, workdir, *extra, kill_after=None):
   return subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): three subprocess runs; the loop's own SIGKILL test is in it
 def test_sigkilled_grpo_job_resumes_bitwise_with_the_same_summary(tmp_path):
   # configs/grpo_shapes.py:test: 4 SFT steps, 4 GRPO steps; a checkpoint every step (asynchronous: orbax finishes
   # one save before it starts the next, so a kill after step 7 leaves step 6 or 7, mid-GRPO, as the latest).
