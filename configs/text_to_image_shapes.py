@@ -30,7 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.vae = dict(block_out_channels=(16, 32), layers_per_block=1, latent_channels=4, norm_num_groups=4,
                mid_block_add_attention=False, sample_size=32)
   c.text = dict(hidden=64, mlp=128, layers=2, heads=4, head_dim=16)
-  c.dit = dict(heads=4, head_dim=32, layers=4, mlp=256, rope_axes=(8, 12, 12), time_channels=64)
+  # compute_dtype "bfloat16" on accelerators (float32 weights in the optimizer); remat_policy as `layers.remat`.
+  c.dit = dict(heads=4, head_dim=32, layers=4, mlp=256, rope_axes=(8, 12, 12), time_channels=64,
+               compute_dtype="float32", remat_policy="none")
   c.autoencoder = dict(steps=600, tokens_per_batch=1024, kl_weight=1e-4, optimizer=_adamw(3e-3, 30))
   c.flow = dict(steps=1500, tokens_per_batch=2048, optimizer=_adamw(1e-3, 100), caption_dropout=0.1,
                 ema_decay=0.995, sigma_loc=0.0, sigma_scale=1.0, resolution_shift=False)

@@ -112,8 +112,14 @@ class TextToImage:
       in_channels=self.vae_config.token_channels, out_channels=self.vae_config.token_channels // 4, patch_size=2,
       num_heads=dit.heads, head_dim=dit.head_dim, num_double_layers=dit.layers, mlp_dim=dit.mlp,
       text_dim=text.hidden, text_layers=text.layers, rope_axes=tuple(dit.rope_axes), time_channels=dit.time_channels,
+      remat_policy=dit.get("remat_policy", "none"),
     )
-    self.dit = mmdit.MMDiT(self.dit_config)
+    # Mixed precision: the optimizers keep float32 weights; the DiT computes in `dit.compute_dtype` (flax's module
+    # dtype) and its velocities are cast back to float32, so losses, EMA and samplers stay float32.
+    compute_dtype = jnp.dtype(dit.get("compute_dtype", "float32"))
+    if compute_dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+      raise ValueError(f"dit.compute_dtype: expected 'float32' or 'bfloat16', got {dit.compute_dtype!r}.")
+    self.dit = mmdit.MMDiT(self.dit_config, dtype=compute_dtype)
     ae, flow = config.autoencoder, config.flow
     # A phase's batch_size is nominal here (the first bucket's): `dataset` sizes every batch by its bucket.
     nominal = lambda step: max(1, step.tokens_per_batch // self._tokens(*self.sizes[0]))  # noqa: E731
@@ -266,7 +272,8 @@ class TextToImage:
 
   def _dit_velocity(self, dit_params, x, sigma, features, dit_mask, rows, cols):
     img_ids, txt_ids = msrope_position_ids(rows, cols, features[0].shape[1])
-    return self.dit.apply({"params": dit_params}, x, features, sigma, img_ids, txt_ids, dit_mask)
+    v = self.dit.apply({"params": dit_params}, x, features, sigma, img_ids, txt_ids, dit_mask)
+    return v.astype(jnp.float32)
 
   def encode(self, state, images: jax.Array) -> jax.Array:
     """uint8 images [B, H, W, 3] -> the frozen VAE's normalised tokens [B, h, w, C] (posterior mode)."""

@@ -106,6 +106,22 @@ def test_flow_phase_keeps_the_vae_frozen_and_moves_the_ema_by_one_minus_decay(ta
   assert np.isfinite(float(metrics["loss"])) and 0.0 <= float(metrics["captions_dropped"]) <= 1.0
 
 
+def test_bfloat16_compute_with_remat_keeps_float32_weights_and_the_float32_loss():
+  # One update each: float32 throughout, and bfloat16 compute under full rematerialisation (float32 master weights).
+  phase = _task().phases[1]
+  losses, states = [], []
+  for dtype, policy in (("float32", "none"), ("bfloat16", "full")):
+    task = _task(**{"dit.compute_dtype": dtype, "dit.remat_policy": policy})
+    state, metrics = jax.jit(lambda s, b, t=task: t.update(s, b, jax.random.key(3), phase))(_state(task, 9),
+                                                                                              _batch(task, phase))
+    losses.append(float(metrics["loss"]))
+    states.append(state)
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(states[1]["params"]))
+  np.testing.assert_allclose(losses[1], losses[0], rtol=2e-2)
+  with pytest.raises(ValueError, match="dit.compute_dtype"):
+    _task(**{"dit.compute_dtype": "float16"})
+
+
 def _trained_like(params, seed):
   """params with every leaf moved by noise: adaLN-Zero starts the DiT's gates at 0, where no caption has an effect."""
   leaves, tree = jax.tree.flatten(params)
