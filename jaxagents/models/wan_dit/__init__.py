@@ -1,0 +1,37 @@
+"""The Wan 2.1 video DiT (arXiv 2503.20314) in Flax linen, ported from diffusers `WanTransformer3DModel`.
+
+Typical use: `config, params = load_params(transformer_dir)` (a diffusers `save_pretrained` directory), then
+`WanDiT(config).apply({'params': params}, latents, timesteps, text, image)` for the velocity of channels-last
+latents [B, T, H, W, C].
+"""
+
+from jaxagents.models.wan_dit.config import PRESETS, WanDiTConfig, get_config
+from jaxagents.models.wan_dit.convert import load_config, load_params, param_shapes, tensors_to_params
+from jaxagents.models.wan_dit.model import (
+  ImageEmbedding,
+  WanAttention,
+  WanBlock,
+  WanDiT,
+  patchify,
+  unpatchify,
+  unstack_blocks,
+  video_rope_angles,
+)
+
+__all__ = [
+  "PRESETS",
+  "ImageEmbedding",
+  "WanAttention",
+  "WanBlock",
+  "WanDiT",
+  "WanDiTConfig",
+  "get_config",
+  "load_config",
+  "load_params",
+  "param_shapes",
+  "patchify",
+  "tensors_to_params",
+  "unpatchify",
+  "unstack_blocks",
+  "video_rope_angles",
+]
