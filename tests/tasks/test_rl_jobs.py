@@ -66,6 +66,7 @@ def test_sigkilled_grpo_job_resumes_bitwise_with_the_same_summary(tmp_path):
     assert (tmp_path / "straight" / name).exists(), name
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): a subprocess job; the loop's own NaN test is in the suite
 def test_non_finite_reward_stops_the_job_with_the_loops_message_and_keeps_the_last_good_checkpoint(
     tmp_path, monkeypatch):
   config = configs.load("grpo_shapes", "test")
