@@ -35,8 +35,9 @@ IGNORED_KEYS = ("bn.num_batches_tracked",)
 
 # Layout of a tensor: torch shape -> ours, torch array -> ours, ours -> torch.
 _LAYOUTS: dict[str, tuple[Callable, Callable, Callable]] = {
-  "conv": (lambda s: (s[2], s[3], s[1], s[0]), lambda x: x.transpose(2, 3, 1, 0), lambda x: x.transpose(3, 2, 0, 1)),
-  "linear": (lambda s: (s[1], s[0]), lambda x: x.T, lambda x: x.T),
+  "conv": (lambda s: (s[2], s[3], s[1], s[0]) if len(s) == 4 else (), lambda x: x.transpose(2, 3, 1, 0),
+           lambda x: x.transpose(3, 2, 0, 1)),
+  "linear": (lambda s: (s[1], s[0]) if len(s) == 2 else (), lambda x: x.T, lambda x: x.T),
   "copy": (tuple, lambda x: x, lambda x: x),
 }
 
@@ -63,6 +64,98 @@ class Rule:
   def match_ours(self, path: str) -> dict[str, str] | None:
     m = self._regex(self.ours).match(path)
     return None if m is None else m.groupdict()
+
+
+# Layout of a tensor: (torch shape -> ours, torch array -> ours, ours -> torch).
+Layout = tuple[Callable, Callable, Callable]
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleTable:
+  """diffusers tensors <-> our variables by a table of `Rule`s (each with a `Layout` by name), for any model whose
+  keys map one to one.
+
+  Attributes:
+    rules, layouts: the table.
+    config_fields: the config fields that decide the keys, named when a checkpoint does not match its config.
+    ignored_keys: diffusers keys with no variable of ours (torch buffers), skipped when reading.
+    float32_prefixes: our paths that stay float32 whatever `dtype` (running statistics).
+  """
+
+  rules: tuple[Rule, ...]
+  layouts: dict[str, Layout]
+  config_fields: str
+  ignored_keys: tuple[str, ...] = ()
+  float32_prefixes: tuple[str, ...] = ()
+
+  def to_ours(self, key: str) -> tuple[Rule, str] | None:
+    for rule in self.rules:
+      groups = rule.match_diffusers(key)
+      if groups is not None:
+        return rule, rule.ours.format(**groups)
+    return None
+
+  def to_diffusers(self, path: str) -> tuple[Rule, str]:
+    for rule in self.rules:
+      groups = rule.match_ours(path)
+      if groups is not None:
+        return rule, rule.diffusers.format(**groups)
+    raise ValueError(f"variables_to_diffusers: no conversion rule for our variable {path!r}")
+
+  def read(self, entries: Iterable[Entry] | Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]],
+           dtype: Any = None, source: str = "state dict") -> Variables:
+    """Our nested variables from diffusers tensors: `entries` a state dict {key: numpy array or torch tensor} or
+    `Entry` tuples (what `iter_checkpoint` yields); `shapes` our {path: shape}. Raises ValueError naming the missing
+    keys, the unexpected keys (with their files) or a key whose shape does not match."""
+    if isinstance(entries, Mapping):
+      entries = [(source, k, tuple(np.shape(v)), lambda v=v: _numpy(v)) for k, v in entries.items()]
+    flat: dict[str, Array] = {}
+    unexpected: list[str] = []
+    files: set[str] = set()
+    for file, key, shape, read in entries:
+      files.add(file)
+      if key in self.ignored_keys:
+        continue
+      found = self.to_ours(key)
+      if found is None or found[1] not in shapes:
+        unexpected.append(f"{key} (in {file})")
+        continue
+      rule, path = found
+      if path in flat:
+        raise ValueError(f"checkpoint file {file!r}: tensor {key!r} is stored twice in the checkpoint")
+      to_shape, to_ours, to_torch = self.layouts[rule.layout]
+      if tuple(to_shape(shape)) != shapes[path]:
+        raise ValueError(
+          f"checkpoint file {file!r}: tensor {key!r} has shape {list(shape)}, but the config expects "
+          f"{list(to_torch(np.empty(shapes[path], np.uint8)).shape)} (our {path} {list(shapes[path])}); the "
+          f"checkpoint and config.json disagree"
+        )
+      array = np.ascontiguousarray(to_ours(read()))
+      if path.startswith(self.float32_prefixes) and self.float32_prefixes:
+        array = array.astype(np.float32)
+      elif dtype is not None:
+        array = array.astype(dtype)
+      flat[path] = array
+    missing = [self.to_diffusers(path)[1] for path in shapes if path not in flat]
+    if missing or unexpected:
+      where = ", ".join(sorted(files)) or source
+      raise ValueError(
+        f"checkpoint {where}: keys do not match the config: {len(missing)} missing {preview_keys(missing)}, "
+        f"{len(unexpected)} unexpected {preview_keys(unexpected)}; check that config.json belongs to these weights "
+        f"{self.config_fields}"
+      )
+    return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+  def write(self, variables: Variables, shapes: Mapping[str, tuple[int, ...]]) -> Iterator[tuple[str, Array]]:
+    """(diffusers key, numpy array) for every variable; `variables` must have exactly the paths of `shapes`."""
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(unbox(variables)), sep="/")
+    if sorted(flat) != sorted(shapes):
+      missing, extra = sorted(set(shapes) - set(flat)), sorted(set(flat) - set(shapes))
+      raise ValueError(f"variables_to_diffusers: `variables` do not match the config: missing "
+                       f"{preview_keys(missing)}, extra {preview_keys(extra)}")
+    for path, value in flat.items():
+      rule, key = self.to_diffusers(path)
+      yield key, np.ascontiguousarray(self.layouts[rule.layout][2](np.asarray(jax.device_get(value))))
 
 
 def _conv(d: str, o: str) -> list[Rule]:
@@ -109,6 +202,8 @@ RULES: tuple[Rule, ...] = (
   Rule("bn.running_mean", "batch_stats/bn/running_mean"),
   Rule("bn.running_var", "batch_stats/bn/running_var"),
 )
+TABLE = RuleTable(RULES, _LAYOUTS, "(block_out_channels, layers_per_block, latent_channels, use_quant_conv, "
+                  "mid_block_add_attention)", IGNORED_KEYS, ("batch_stats/",))
 
 
 def variable_shapes(config: Flux2VAEConfig) -> dict[str, tuple[int, ...]]:
@@ -118,22 +213,6 @@ def variable_shapes(config: Flux2VAEConfig) -> dict[str, tuple[int, ...]]:
   abstract = jax.eval_shape(Flux2VAE(config).init, jax.random.key(0), x)
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(unbox(abstract)), sep="/")
   return {k: tuple(v.shape) for k, v in flat.items()}
-
-
-def _to_ours(key: str) -> tuple[Rule, str] | None:
-  for rule in RULES:
-    groups = rule.match_diffusers(key)
-    if groups is not None:
-      return rule, rule.ours.format(**groups)
-  return None
-
-
-def _to_diffusers(path: str) -> tuple[Rule, str]:
-  for rule in RULES:
-    groups = rule.match_ours(path)
-    if groups is not None:
-      return rule, rule.diffusers.format(**groups)
-  raise ValueError(f"variables_to_diffusers: no conversion rule for our variable {path!r}")
 
 
 # An entry of a checkpoint: (file it is in, key, stored shape, a thunk that reads the tensor).
@@ -153,50 +232,7 @@ def diffusers_to_variables(entries: Iterable[Entry] | Mapping[str, Any], config:
   Raises:
     ValueError naming the missing keys, the unexpected keys (with their files) or a key whose shape does not match.
   """
-  if isinstance(entries, Mapping):
-    entries = [(source, k, tuple(np.shape(v)), lambda v=v: _numpy(v)) for k, v in entries.items()]
-  shapes = variable_shapes(config)
-  flat: dict[str, Array] = {}
-  unexpected: list[str] = []
-  files: set[str] = set()
-  for file, key, shape, read in entries:
-    files.add(file)
-    if key in IGNORED_KEYS:
-      continue
-    found = _to_ours(key)
-    if found is None or found[1] not in shapes:
-      unexpected.append(f"{key} (in {file})")
-      continue
-    rule, path = found
-    if path in flat:
-      raise ValueError(f"checkpoint file {file!r}: tensor {key!r} is stored twice in the checkpoint")
-    to_shape, to_ours, _ = _LAYOUTS[rule.layout]
-    if len(shape) != len(shapes[path]) or tuple(to_shape(shape)) != shapes[path]:
-      raise ValueError(
-        f"checkpoint file {file!r}: tensor {key!r} has shape {list(shape)}, but the config expects "
-        f"{list(_expected_diffusers_shape(rule, shapes[path]))} (our {path} {list(shapes[path])}); the checkpoint "
-        f"and config.json disagree"
-      )
-    array = np.ascontiguousarray(to_ours(read()))
-    if path.startswith("batch_stats/"):
-      array = array.astype(np.float32)
-    elif dtype is not None:
-      array = array.astype(dtype)
-    flat[path] = array
-  missing = [_to_diffusers(path)[1] for path in shapes if path not in flat]
-  if missing or unexpected:
-    where = ", ".join(sorted(files)) or source
-    raise ValueError(
-      f"checkpoint {where}: keys do not match the config: {len(missing)} missing {preview_keys(missing)}, "
-      f"{len(unexpected)} unexpected {preview_keys(unexpected)}; check that config.json belongs to these weights "
-      f"(block_out_channels, layers_per_block, latent_channels, use_quant_conv, mid_block_add_attention)"
-    )
-  return flax.traverse_util.unflatten_dict(flat, sep="/")
-
-
-def _expected_diffusers_shape(rule: Rule, ours: tuple[int, ...]) -> tuple[int, ...]:
-  dummy = np.empty(ours, np.uint8)
-  return _LAYOUTS[rule.layout][2](dummy).shape
+  return TABLE.read(entries, variable_shapes(config), dtype, source)
 
 
 def _numpy(x: Any) -> Array:
@@ -207,15 +243,7 @@ def _numpy(x: Any) -> Array:
 
 def variables_to_diffusers(variables: Variables, config: Flux2VAEConfig) -> Iterator[tuple[str, Array]]:
   """(diffusers key, numpy array) for every variable, plus `bn.num_batches_tracked` = 0 (torch's BatchNorm buffer)."""
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(unbox(variables)), sep="/")
-  shapes = variable_shapes(config)
-  if sorted(flat) != sorted(shapes):
-    missing, extra = sorted(set(shapes) - set(flat)), sorted(set(flat) - set(shapes))
-    raise ValueError(f"variables_to_diffusers: `variables` do not match the config: missing "
-                     f"{preview_keys(missing)}, extra {preview_keys(extra)}")
-  for path, value in flat.items():
-    rule, key = _to_diffusers(path)
-    yield key, np.ascontiguousarray(_LAYOUTS[rule.layout][2](np.asarray(jax.device_get(value))))
+  yield from TABLE.write(variables, variable_shapes(config))
   yield IGNORED_KEYS[0], np.array(0, np.int64)
 
 

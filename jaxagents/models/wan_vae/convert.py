@@ -19,8 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxagents.models.checkpoint_keys import preview_keys
-from jaxagents.models.vae.convert import Entry, Rule, iter_checkpoint
+from jaxagents.models.vae.convert import Entry, Rule, RuleTable, iter_checkpoint
 from jaxagents.models.wan_vae.config import WanVAEConfig
 from jaxagents.models.wan_vae.model import WanVAE
 from jaxagents.sharding import unbox
@@ -85,6 +84,7 @@ RULES: tuple[Rule, ...] = (
   *_resnet("decoder.up_blocks.{i}.resnets.{j}", f"{_D}/up_{{i}}_resnet_{{j}}"),
   *_resample("decoder.up_blocks.{i}.upsamplers.0", f"{_D}/up_{{i}}_upsample"),
 )
+TABLE = RuleTable(RULES, _LAYOUTS, "(base_dim, z_dim, dim_mult, num_res_blocks, temperal_downsample)")
 
 
 def variable_shapes(config: WanVAEConfig) -> dict[str, tuple[int, ...]]:
@@ -94,26 +94,6 @@ def variable_shapes(config: WanVAEConfig) -> dict[str, tuple[int, ...]]:
   abstract = jax.eval_shape(WanVAE(config).init, jax.random.key(0), x)
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(unbox(abstract)), sep="/")
   return {k: tuple(v.shape) for k, v in flat.items()}
-
-
-def _to_ours(key: str) -> tuple[Rule, str] | None:
-  for rule in RULES:
-    groups = rule.match_diffusers(key)
-    if groups is not None:
-      return rule, rule.ours.format(**groups)
-  return None
-
-
-def _to_diffusers(path: str) -> tuple[Rule, str]:
-  for rule in RULES:
-    groups = rule.match_ours(path)
-    if groups is not None:
-      return rule, rule.diffusers.format(**groups)
-  raise ValueError(f"variables_to_diffusers: no conversion rule for our variable {path!r}")
-
-
-def _numpy(x: Any) -> Array:
-  return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
 def diffusers_to_variables(entries: Iterable[Entry] | Mapping[str, Any], config: WanVAEConfig, dtype: Any = None,
@@ -128,52 +108,12 @@ def diffusers_to_variables(entries: Iterable[Entry] | Mapping[str, Any], config:
   Raises:
     ValueError naming the missing keys, the unexpected keys (with their files) or a key whose shape does not match.
   """
-  if isinstance(entries, Mapping):
-    entries = [(source, k, tuple(np.shape(v)), lambda v=v: _numpy(v)) for k, v in entries.items()]
-  shapes = variable_shapes(config)
-  flat: dict[str, Array] = {}
-  unexpected: list[str] = []
-  files: set[str] = set()
-  for file, key, shape, read in entries:
-    files.add(file)
-    found = _to_ours(key)
-    if found is None or found[1] not in shapes:
-      unexpected.append(f"{key} (in {file})")
-      continue
-    rule, path = found
-    if path in flat:
-      raise ValueError(f"checkpoint file {file!r}: tensor {key!r} is stored twice in the checkpoint")
-    to_shape, to_ours, to_torch = _LAYOUTS[rule.layout]
-    if tuple(to_shape(shape)) != shapes[path]:
-      expected = to_torch(np.empty(shapes[path], np.uint8)).shape
-      raise ValueError(
-        f"checkpoint file {file!r}: tensor {key!r} has shape {list(shape)}, but the config expects {list(expected)} "
-        f"(our {path} {list(shapes[path])}); the checkpoint and config.json disagree"
-      )
-    array = np.ascontiguousarray(to_ours(read()))
-    flat[path] = array if dtype is None else array.astype(dtype)
-  missing = [_to_diffusers(path)[1] for path in shapes if path not in flat]
-  if missing or unexpected:
-    where = ", ".join(sorted(files)) or source
-    raise ValueError(
-      f"checkpoint {where}: keys do not match the config: {len(missing)} missing {preview_keys(missing)}, "
-      f"{len(unexpected)} unexpected {preview_keys(unexpected)}; check that config.json belongs to these weights "
-      f"(base_dim, z_dim, dim_mult, num_res_blocks, temperal_downsample)"
-    )
-  return flax.traverse_util.unflatten_dict(flat, sep="/")
+  return TABLE.read(entries, variable_shapes(config), dtype, source)
 
 
 def variables_to_diffusers(variables: Variables, config: WanVAEConfig) -> Iterator[tuple[str, Array]]:
   """(diffusers key, numpy array) for every variable."""
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(unbox(variables)), sep="/")
-  shapes = variable_shapes(config)
-  if sorted(flat) != sorted(shapes):
-    missing, extra = sorted(set(shapes) - set(flat)), sorted(set(flat) - set(shapes))
-    raise ValueError(f"variables_to_diffusers: `variables` do not match the config: missing "
-                     f"{preview_keys(missing)}, extra {preview_keys(extra)}")
-  for path, value in flat.items():
-    rule, key = _to_diffusers(path)
-    yield key, np.ascontiguousarray(_LAYOUTS[rule.layout][2](np.asarray(jax.device_get(value))))
+  yield from TABLE.write(variables, variable_shapes(config))
 
 
 def load_config(directory: str) -> WanVAEConfig:
