@@ -3,6 +3,7 @@ one is given, with its entropy; everything off the completion is 0."""
 
 import jax
 import numpy as np
+import pytest
 
 from jaxagents.generation import SamplingConfig, completion_logprobs, sampling_logits
 
@@ -32,6 +33,7 @@ def test_token_l_is_scored_by_the_logits_at_l_minus_1_under_the_sampling_distrib
   assert completion_mask.sum() == 3 + 1 + 2
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): ~20 s of compilation
 def test_chunked_response_only_scoring_equals_the_full_pass_in_value_and_gradient(qwen3):
   model, params, prompts = qwen3.model, qwen3.params, qwen3.prompts
   tokens = np.array([[5, 6, 7, 8, 9], [10, 11, 12, 0, 0], [13, 0, 0, 0, 0], [14, 15, 16, 17, 0]], np.int32)

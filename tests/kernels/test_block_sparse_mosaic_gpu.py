@@ -141,6 +141,7 @@ def test_per_query_head_layout_one_row_per_warpgroup_honours_a_block_marked_full
   assert not (differs & ~rows).any() and differs[rows].mean() > 0.5
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): ~15 s in the Mosaic GPU interpreter
 @needs_interpreter
 def test_float16_padded_head_dim_unkinded_layout_and_split_key_blocks():
   # f16, head_dim 80 (zero-padded to 128), T != S with queries at the end of the keys, layout.partial None
@@ -159,6 +160,7 @@ def test_float16_padded_head_dim_unkinded_layout_and_split_key_blocks():
   _check_against_reference(q, k, v, layout, q_positions, kv_positions, causal=True, sm_scale=0.1, config=config)
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): ~15 s in the Mosaic GPU interpreter
 @needs_interpreter
 def test_non_causal_mha_one_row_per_warpgroup_default_config():
   batch, seq_len, num_heads, block_q, block_kv = 1, 256, 2, 64, 128

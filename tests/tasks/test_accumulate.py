@@ -70,6 +70,7 @@ def test_accumulated_policy_gradient_equals_the_whole_batch_gradient(setup):
     assert results[count][1]["num_tokens"] == results[1][1]["num_tokens"]
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): ~15 s; the policy-gradient case stays in the suite
 def test_accumulated_sft_gradient_equals_the_whole_batch_gradient(setup):
   model, params, _, _ = setup
   optimizer = Optimizer(optax.sgd(1.0))

@@ -207,6 +207,7 @@ def _assert_transform_inputs(new_state, g_std, g_vis, eta):
   np.testing.assert_allclose(steering.eta_ema, eta, rtol=1e-4)
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): ~40 s of compilation
 def test_vgs_update_is_the_norm_preserving_steered_distillation_gradient(setup):
   state, _, batch, _, ref = setup
   config = _config()
@@ -237,6 +238,7 @@ def test_gamma_zero_is_plain_on_policy_distillation(setup):
   assert float(metrics["vgs/eta"]) == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): ~15 s of compilation
 def test_grpo_mix_with_adaptive_gamma_and_projection_follows_eq_22(setup):
   state, records, _, advantages, ref = setup
   alpha, gamma, lam = 0.3, 2.0, 0.5  # λ larger than the paper's so that a misplaced g_LP shows in the update

@@ -74,6 +74,7 @@ def test_bucketed_batches_have_one_shape_and_their_buckets_batch_size(task):
   assert seen == set(task.sizes)
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): the VAE update's compilation, ~50 s
 def test_autoencoder_phase_trains_the_vae_only_and_tracks_the_latent_moments(task):
   phase = task.phases[0]
   batch = _batch(task, phase)
@@ -93,6 +94,7 @@ def test_autoencoder_phase_trains_the_vae_only_and_tracks_the_latent_moments(tas
                              0.98 * old["running_var"] + 0.02 * tokens.var(0), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): ~35 s of compilation
 def test_flow_phase_keeps_the_vae_frozen_and_moves_the_ema_by_one_minus_decay(task):
   phase = task.phases[1]
   batch = _batch(task, phase)
@@ -106,6 +108,7 @@ def test_flow_phase_keeps_the_vae_frozen_and_moves_the_ema_by_one_minus_decay(ta
   assert np.isfinite(float(metrics["loss"])) and 0.0 <= float(metrics["captions_dropped"]) <= 1.0
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): two DiT gradient compilations, ~40 s
 def test_bfloat16_compute_with_remat_keeps_float32_gradients_and_the_float32_velocity():
   # The DiT's velocity and its gradient: float32 throughout, and bfloat16 compute under full rematerialisation
   # (float32 master weights: the gradient arrives in float32).
@@ -173,6 +176,7 @@ def test_image_sizes_must_be_whole_tokens():
     _task(**{"data.image_sizes": ((32, 30),)})
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): the whole job in-process, ~100 s of compilations
 def test_the_job_runs_its_three_phases_through_the_one_loop(tmp_path):
   config = configs.load("text_to_image_shapes", "test")
   config.tensorboard = False

@@ -281,6 +281,7 @@ def _first_order_bound(vjp, eps, vocab):
   return jax.lax.map(one_logit, jnp.eye(vocab, dtype=jnp.float32), batch_size=64)
 
 
+@pytest.mark.slow  # in CI after the suite (.ci/run): ~30 s with its fixture
 def test_long_video_sparse_prefill_error_is_within_its_recall_bound(long_video):
   """On a long video, the sparse prefill's logits stay within the bound the config's recall promises.
 
