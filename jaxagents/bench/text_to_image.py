@@ -60,15 +60,16 @@ def random_variables(module: flax.linen.Module, args: Sequence, dtype, seed: int
   return flax.traverse_util.unflatten_dict(make(jax.random.key(seed)))
 
 
-def dit_inputs(config: MMDiTConfig, batch: int, size: int, text_len: int, dtype, seed: int = 0) -> dict:
-  """Random inputs of one DiT call at a square image of `size` pixels (16-pixel tokens after the 2x2 patchify), all
-  `text_len` text tokens valid (no key mask, so the attention may take cuDNN's kernel)."""
-  side = size // 16
+def dit_inputs(config: MMDiTConfig, batch: int, size: int, text_len: int, dtype, seed: int = 0,
+               width: int | None = None) -> dict:
+  """Random inputs of one DiT call at an image of `size` pixels (`size` x `width` when given; 16-pixel tokens after
+  the 2x2 patchify), all `text_len` text tokens valid (no key mask, so the attention may take cuDNN's kernel)."""
+  rows, cols = size // 16, (size if width is None else width) // 16
   ids = msrope_position_ids if config.family == "lens" else flux_position_ids
-  img_ids, txt_ids = ids(side, side, text_len)
+  img_ids, txt_ids = ids(rows, cols, text_len)
   keys = jax.random.split(jax.random.key(seed), config.text_layers + 1)
   txt = [jax.random.normal(k, (batch, text_len, config.text_dim), dtype) for k in keys[1:]]
-  return dict(img=jax.random.normal(keys[0], (batch, side * side, config.in_channels), dtype),
+  return dict(img=jax.random.normal(keys[0], (batch, rows * cols, config.in_channels), dtype),
               txt=txt[0] if config.text_layers == 1 else txt, timesteps=jnp.full((batch,), 0.5, jnp.float32),
               img_ids=jnp.asarray(img_ids), txt_ids=jnp.asarray(txt_ids))  # every text token valid: no key mask
 

@@ -38,7 +38,6 @@ from jaxagents.bench import text_to_image as inference_bench
 from jaxagents.bench.report import SKIPPABLE, cell, median_time, publish, skip_reason
 from jaxagents.data.buckets import Bucket, bucket_batch_sizes, lens_buckets
 from jaxagents.diffusion import flow_matching_loss, noised, sample_training_sigmas
-from jaxagents.layers.multi_axis_rope import flux_position_ids, msrope_position_ids
 from jaxagents.models.mmdit import MMDiT, get_config
 
 # Dense bf16 peaks (TFLOP/s) by device kind, from the vendors' data sheets.
@@ -48,14 +47,10 @@ _PIXELS_PER_TOKEN = 16  # the FLUX.2 VAE's 8x downsampling, then the DiT's 2x2 p
 
 
 def _inputs(config, batch: int, height: int, width: int, text_len: int, dtype, seed: int) -> dict:
-  rows, cols = height // _PIXELS_PER_TOKEN, width // _PIXELS_PER_TOKEN
-  ids = msrope_position_ids if config.family == "lens" else flux_position_ids
-  img_ids, txt_ids = ids(rows, cols, text_len)
-  keys = jax.random.split(jax.random.key(seed), config.text_layers + 1)
-  txt = [jax.random.normal(k, (batch, text_len, config.text_dim), dtype) for k in keys[1:]]
-  return dict(x0=jax.random.normal(keys[0], (batch, rows * cols, config.in_channels), jnp.float32),
-              txt=txt[0] if config.text_layers == 1 else txt, img_ids=jnp.asarray(img_ids),
-              txt_ids=jnp.asarray(txt_ids))
+  """The inference benchmark's DiT inputs at height x width, the latents as float32 clean tokens `x0`."""
+  inputs = inference_bench.dit_inputs(config, batch, height, text_len, dtype, seed, width=width)
+  inputs.pop("timesteps")
+  return {**inputs, "x0": inputs.pop("img").astype(jnp.float32)}
 
 
 def make_train_step(dit: MMDiT, tx: optax.GradientTransformation):
