@@ -109,6 +109,7 @@ class QwenVL(nn.Module):
     cache_index: jax.Array | int = 0,
     kv_mask: jax.Array | None = None,
     return_hidden: bool = False,
+    return_input_embeds: bool = False,
   ) -> tuple[jax.Array, KVCache | None]:
     """Logits for every input token.
 
@@ -126,8 +127,11 @@ class QwenVL(nn.Module):
       kv_mask: [B, S_max] bool key mask over the cache (prompt mask then generated slots); required with a
         cache, ignored without (the attention mask is used).
       return_hidden: also return the final hidden states [B, L, D].
+      return_input_embeds: also return the decoder's input embeddings [B, L, D] (token embeddings with the vision
+        features scattered in; GUI-Actor's action head reads them at the image placeholders).
     Returns:
-      (logits [B, L, V] float32, updated cache or None), plus hidden states when `return_hidden`.
+      (logits [B, L, V] float32, updated cache or None), then the hidden states when `return_hidden`, then the
+      input embeddings when `return_input_embeds`.
     """
     c = self.config
     if isinstance(input_ids, ModelInputs):  # `apply(params, inputs)`, as `generate(model, params, inputs)` takes
@@ -162,7 +166,7 @@ class QwenVL(nn.Module):
     hidden, cache = self.text(embeds, positions, key_mask, cache=cache, cache_index=cache_index,
                               deepstack=deepstack, modality_ids=modalities)
     logits = self.project(hidden)
-    return (logits, cache, hidden) if return_hidden else (logits, cache)
+    return (logits, cache) + ((hidden,) if return_hidden else ()) + ((embeds,) if return_input_embeds else ())
 
   def project(self, hidden: jax.Array) -> jax.Array:
     """Final hidden states [..., D] -> logits [..., V] float32 (the tied embedding or `lm_head`): scoring applies it
