@@ -11,6 +11,9 @@ environment back there: `clone()` is `restore` into a fresh copy. Planning from 
 expansion, arXiv 2510.09577 Sec. 3.1) steps clones without touching the episode being played; `legal_actions()`
 lists what such a search may try.
 
+`FrozenStateEnvironment` serves environments whose whole state is one immutable value (Sokoban, the household
+world): snapshots are that value, and one `_advance` books every step (step count, Dyna-Mind's rewards, refusals).
+
 `EnvBatch` steps many independent episodes of one environment class, each with its own seed; finished episodes
 ignore further actions.
 """
@@ -19,10 +22,24 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+# Dyna-Mind's rewards (arXiv 2510.09577): -0.1 per step that does not end the episode, +10 on success, 0 on failure.
+STEP_REWARD = -0.1
+SUCCESS_REWARD = 10.0
+FAILURE_REWARD = 0.0
+
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
+
+
+def answer_tag(response: str) -> str | None:
+  """The text of the last `<answer>...</answer>` in a response (case-insensitive), or None without one."""
+  answers = _ANSWER.findall(response)
+  return answers[-1] if answers else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +121,52 @@ class Environment(abc.ABC):
     copy.__dict__.update(self.__dict__)
     copy.restore(self.snapshot())
     return copy
+
+
+class FrozenStateEnvironment(Environment):
+  """An environment whose state is one immutable value with `num_steps` and `success` (a frozen dataclass): the
+  snapshot is the value itself. Subclasses set `state_type`, build the state in `reset`, and call `_advance` from
+  `step`. `config.max_steps` ends an episode that has not succeeded."""
+
+  state_type: type = object
+
+  def __init__(self, config: Any):
+    self.config = config
+    self._state = None
+
+  @property
+  def state(self) -> Any:
+    if self._state is None:
+      raise RuntimeError(f"{type(self).__name__}: call reset(seed) first")
+    return self._state
+
+  @property
+  def done(self) -> bool:
+    return self.state.success or self.state.num_steps >= self.config.max_steps
+
+  @property
+  def success(self) -> bool:
+    return self.state.success
+
+  def snapshot(self) -> Any:
+    return self.state
+
+  def restore(self, snapshot: Any) -> None:
+    if not isinstance(snapshot, self.state_type):
+      raise TypeError(f"snapshot: expected a {self.state_type.__name__}, got {type(snapshot).__name__}")
+    self._state = snapshot
+
+  def _check_running(self) -> None:
+    if self.done:
+      raise RuntimeError("step: the episode is over (goal reached or max_steps reached); call reset(seed)")
+
+  def _advance(self, after: Any | None) -> tuple[float, bool, bool, dict]:
+    """Books one step: the state becomes `after` (None: a refused action, the state stays) with one more step.
+    Returns (reward, done, success, info) under Dyna-Mind's rewards: a refused action costs a step too."""
+    self._state = dataclasses.replace(self.state if after is None else after, num_steps=self.state.num_steps + 1)
+    success, done = self.success, self.done
+    reward = SUCCESS_REWARD if success else FAILURE_REWARD if done else STEP_REWARD
+    return reward, done, success, {"num_steps": self._state.num_steps}
 
 
 class EnvBatch:

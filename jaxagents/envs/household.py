@@ -44,11 +44,7 @@ import re
 
 import numpy as np
 
-from jaxagents.envs.base import Environment, Observation, StepResult
-
-STEP_REWARD = -0.1  # Dyna-Mind, arXiv 2510.09577
-SUCCESS_REWARD = 10.0
-FAILURE_REWARD = 0.0
+from jaxagents.envs.base import FrozenStateEnvironment, Observation, StepResult, answer_tag
 
 GOAL_TYPES = ("pick_and_place", "pick_clean_then_place", "pick_heat_then_place", "pick_cool_then_place")
 # goal type -> (property word in the goal, the receptacle that gives it, its verb)
@@ -77,7 +73,6 @@ INSTRUCTIONS = (
   "e.g. <answer>go to cabinet 1</answer>."
 )
 
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
 _COMMANDS = (
   ("go", re.compile(r"go to (.+)")),
   ("take", re.compile(r"take (.+?) from (.+)")),
@@ -376,64 +371,44 @@ def expert_action(state: HouseholdState) -> str | None:
   return reach(source, f"take {obj} from {source}")
 
 
-class Household(Environment):
+class Household(FrozenStateEnvironment):
   """The household environment (module docstring: world, goals, commands, refused commands, rewards)."""
 
   instructions = INSTRUCTIONS
+  state_type = HouseholdState
 
   def __init__(self, config: HouseholdConfig | None = None):
-    self.config = config or HouseholdConfig()
-    self._state: HouseholdState | None = None
+    super().__init__(config or HouseholdConfig())
 
   def reset(self, seed: int) -> Observation:
     self._state = generate_world(self.config, seed)
     return self.observe()
 
   @property
-  def state(self) -> HouseholdState:
-    if self._state is None:
-      raise RuntimeError("Household: call reset(seed) first")
-    return self._state
-
-  @property
   def task(self) -> str:
     return self.state.goal.text
-
-  @property
-  def done(self) -> bool:
-    return self.state.success or self.state.num_steps >= self.config.max_steps
-
-  @property
-  def success(self) -> bool:
-    return self.state.success
 
   def observe(self) -> Observation:
     return Observation(self.state.message)
 
   def parse_action(self, response: str) -> str | None:
-    answers = _ANSWER.findall(response)
-    if answers:
-      text = answers[-1]
-    elif "\n" not in response.strip():
+    text = answer_tag(response)
+    if text is None:
+      if "\n" in response.strip():
+        return None
       text = response
-    else:
-      return None
     command = " ".join(text.split()).lower().rstrip(".").strip()
     return command or None
 
   def step(self, action: str | None) -> StepResult:
-    if self.done:
-      raise RuntimeError("step: the episode is over (goal reached or max_steps reached); call reset(seed)")
+    self._check_running()
     state = self.state
     if action is None:
       after, reason = None, "No command found: answer with one command inside <answer></answer>."
     else:
       after, reason = _apply(state, " ".join(action.split()).lower().rstrip(".").strip())
     valid = after is not None
-    self._state = dataclasses.replace(after if valid else state, num_steps=state.num_steps + 1)
-    success, done = self.success, self.done
-    reward = SUCCESS_REWARD if success else FAILURE_REWARD if done else STEP_REWARD
-    info = {"num_steps": self._state.num_steps}
+    reward, done, success, info = self._advance(after)
     if valid:
       observation = self.observe()
     else:
@@ -446,11 +421,3 @@ class Household(Environment):
 
   def expert_action(self) -> str | None:
     return expert_action(self.state)
-
-  def snapshot(self) -> HouseholdState:
-    return self.state
-
-  def restore(self, snapshot: HouseholdState) -> None:
-    if not isinstance(snapshot, HouseholdState):
-      raise TypeError(f"snapshot: expected a HouseholdState, got {type(snapshot).__name__}")
-    self._state = snapshot

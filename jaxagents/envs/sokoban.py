@@ -43,16 +43,14 @@ on every step, +-1 when a box enters or leaves a target and +10 on completion.) 
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import numpy as np
 
-from jaxagents.envs.base import Environment, Observation, StepResult
+from jaxagents.envs.base import FAILURE_REWARD as FAILURE_REWARD  # the rewards, Dyna-Mind's, as this module's
+from jaxagents.envs.base import STEP_REWARD as STEP_REWARD
+from jaxagents.envs.base import SUCCESS_REWARD as SUCCESS_REWARD
+from jaxagents.envs.base import FrozenStateEnvironment, Observation, StepResult, answer_tag
 from jaxagents.envs.sokoban_solver import MOVES, Cell, SearchLimitError, solve, walk
-
-STEP_REWARD = -0.1  # Dyna-Mind, arXiv 2510.09577 (RAGEN's and gym-sokoban's step penalty too)
-SUCCESS_REWARD = 10.0  # Dyna-Mind; gym-sokoban's `reward_finished`
-FAILURE_REWARD = 0.0  # Dyna-Mind: 0 on failure
 
 WALL, FLOOR, TARGET, BOX, BOX_ON_TARGET, PLAYER, PLAYER_ON_TARGET = "#", "_", "O", "X", "√", "P", "S"
 SYMBOLS = (WALL, FLOOR, TARGET, BOX, BOX_ON_TARGET, PLAYER, PLAYER_ON_TARGET)
@@ -72,8 +70,6 @@ INSTRUCTIONS = (
   "Symbols: # wall, _ floor, O target, X box, √ box on target, P player, S player on target.\n"
   "Actions: up, down, left, right. Answer with one action inside <answer></answer>, e.g. <answer>left</answer>."
 )
-
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
 
 # gym-sokoban's random-walk masks (`room_topology_generation`): the ones become floor around the walk's position.
 _MASKS = np.array([
@@ -264,33 +260,19 @@ def render_image(state: SokobanState, cell_pixels: int = 8) -> np.ndarray:
   return np.repeat(np.repeat(colors, cell_pixels, axis=0), cell_pixels, axis=1)
 
 
-class Sokoban(Environment):
+class Sokoban(FrozenStateEnvironment):
   """The Sokoban environment (module docstring: levels, text, image, refused actions, rewards)."""
 
   instructions = INSTRUCTIONS
+  state_type = SokobanState
 
   def __init__(self, config: SokobanConfig | None = None):
-    self.config = config or SokobanConfig()
-    self._state: SokobanState | None = None
+    super().__init__(config or SokobanConfig())
 
   def reset(self, seed: int) -> Observation:
     level = generate_level(self.config, seed)
     self._state = SokobanState(level, level.player, level.boxes, 0)
     return self.observe()
-
-  @property
-  def state(self) -> SokobanState:
-    if self._state is None:
-      raise RuntimeError("Sokoban: call reset(seed) first")
-    return self._state
-
-  @property
-  def done(self) -> bool:
-    return self.state.success or self.state.num_steps >= self.config.max_steps
-
-  @property
-  def success(self) -> bool:
-    return self.state.success
 
   def observe(self) -> Observation:
     state = self.state
@@ -298,8 +280,8 @@ class Sokoban(Environment):
     return Observation(render_text(state), image)
 
   def parse_action(self, response: str) -> str | None:
-    answers = _ANSWER.findall(response)
-    word = (answers[-1] if answers else response).strip().rstrip(".!").strip().lower()
+    answer = answer_tag(response)
+    word = (response if answer is None else answer).strip().rstrip(".!").strip().lower()
     return word if word in MOVES else None
 
   def _outcome(self, state: SokobanState, action: str | None) -> tuple[SokobanState | None, str]:
@@ -323,15 +305,11 @@ class Sokoban(Environment):
     return dataclasses.replace(state, player=ahead, boxes=boxes), ""
 
   def step(self, action: str | None) -> StepResult:
-    if self.done:
-      raise RuntimeError("step: the episode is over (solved or max_steps reached); call reset(seed)")
+    self._check_running()
     moved, reason = self._outcome(self.state, action)
     valid = moved is not None
-    self._state = dataclasses.replace(moved if valid else self.state, num_steps=self.state.num_steps + 1)
-    success, done = self.success, self.done
-    reward = SUCCESS_REWARD if success else FAILURE_REWARD if done else STEP_REWARD
+    reward, done, success, info = self._advance(moved)
     observation = self.observe()
-    info = {"num_steps": self._state.num_steps}
     if not valid:
       observation = dataclasses.replace(observation, text=f"{reason}\n{observation.text}")
       info["reason"] = reason
@@ -346,11 +324,3 @@ class Sokoban(Environment):
     """A move-optimal plan from the current state (the solver as a scripted policy); None if it is unsolvable."""
     state = self.state
     return solve(state.level.floor, state.level.targets, state.boxes, state.player)
-
-  def snapshot(self) -> SokobanState:
-    return self.state
-
-  def restore(self, snapshot: SokobanState) -> None:
-    if not isinstance(snapshot, SokobanState):
-      raise TypeError(f"snapshot: expected a SokobanState, got {type(snapshot).__name__}")
-    self._state = snapshot
