@@ -45,12 +45,17 @@ def constrain(x: jax.Array) -> jax.Array:
 
 def conv(features: int, kernel: tuple[int, ...], padding: Any, *, dtype: Dtype, param_dtype: Dtype, strides: Any = 1,
          name: str | None = None) -> nn.Conv:
-  """A torch Conv2d (2-long `kernel`) or Conv3d (3-long) on channels-last input; leading axes are batch."""
+  """A torch Conv2d (2-long `kernel`) or Conv3d (3-long) on channels-last input; leading axes are batch.
+
+  Biases start small and random, as torch's convolutions start them (uniform in +-1/sqrt(fan_in)), not at zero: with
+  zero biases a black frame (or a zero flow) stays an exactly zero activation, where `WanRMS_norm`'s
+  x / max(||x||, 1e-12) has slope 1e12 and a training step overflows.
+  """
   return nn.Conv(
     features, kernel, strides=strides, padding=padding, dtype=dtype, param_dtype=param_dtype, name=name,
     kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
                                              CONV3D_AXES if len(kernel) == 3 else CONV_AXES),
-    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.normal(1e-2), ("conv_out",)),
   )
 
 
@@ -94,8 +99,10 @@ class RMSNorm(nn.Module):
     gamma = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)), (channels,),
                        self.param_dtype)
     xf = x.astype(jnp.float32)
-    norm = jnp.sqrt(jnp.sum(xf * xf, axis=-1, keepdims=True))
-    normalized = (xf / jnp.maximum(norm, _NORM_EPS)).astype(self.dtype)
+    # max(||x||, eps) as sqrt(max(||x||^2, eps^2)): the same value, and a zero vector gets a finite gradient instead
+    # of sqrt's infinite slope at 0 times 0 (see `conv` for why zero vectors stay rare).
+    norm = jnp.sqrt(jnp.maximum(jnp.sum(xf * xf, axis=-1, keepdims=True), _NORM_EPS**2))
+    normalized = (xf / norm).astype(self.dtype)
     return normalized * channels**0.5 * gamma.astype(self.dtype)
 
 
