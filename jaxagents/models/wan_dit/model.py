@@ -29,11 +29,13 @@ the same computation when the text has 512 tokens. Wan 2.2's per-token timesteps
 
 Blocks are `nn.scan`ned by default (params stacked on a leading 'layers' axis), each wrapped in `nn.remat` under
 `config.remat_policy`; `scan_layers=False` unrolls them into 'blocks_{i}' (`unstack_blocks` converts).
+`control_residuals` [K, B, N, E] (a ControlNet's, `controlnet.py`) are added to x after each of the first K blocks.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -129,14 +131,20 @@ class WanBlock(nn.Module):
   """One block on x [B, N, E] (module docstring, step 4; diffusers `WanTransformerBlock`).
 
   `time_mod` [B, 6, E] float32 are the shared modulation vectors, `context` is (text [B, L, E], image [B, M, E] or
-  None), `angles` [N, head_dim // 2]. Returns (x, None) for `nn.scan`.
+  None), `angles` [N, head_dim // 2]. Returns (x, None) for `nn.scan`, or (x, x) with `return_hidden` (the
+  ControlNet collects every block's output as the scan's stacked output).
+
+  With `control_residuals` [K, B, N, E], block `layer` (an int or a 0-d int array: the scan index) adds
+  `control_scale[:, None, None] * control_residuals[layer]` to its output when `layer < K`, and returns x unchanged
+  otherwise (ControlNet residuals, see `controlnet.py`).
   """
 
   config: WanDiTConfig
   dtype: Dtype | None = None
+  return_hidden: bool = False
 
   @nn.compact
-  def __call__(self, x, time_mod, context, angles):
+  def __call__(self, x, time_mod, context, angles, control_residuals=None, control_scale=None, layer=None):
     c, dtype = self.config, self.dtype
     x = nn.with_logical_constraint(x, _TOKENS)
     text, image = context
@@ -156,7 +164,14 @@ class WanBlock(nn.Module):
     h = _modulated_norm(x, ffn_shift, ffn_scale, c.eps, dtype)
     ffn = layers.MLP(c.ffn_dim, activation="gelu_tanh", use_bias=True, dtype=dtype, name="ffn")
     x = _residual(x, ffn(h) * ffn_gate[:, None])
-    return nn.with_logical_constraint(x, _TOKENS), None
+    if control_residuals is not None:
+      num_control = control_residuals.shape[0]
+      # A dynamic index, so the same scanned body serves every layer; layers past K keep x as it is.
+      residual = jax.lax.dynamic_index_in_dim(control_residuals, jnp.minimum(layer, num_control - 1), keepdims=False)
+      controlled = _residual(x, residual.astype(jnp.float32) * control_scale[:, None, None])
+      x = jnp.where(layer < num_control, controlled, x)
+    x = nn.with_logical_constraint(x, _TOKENS)
+    return x, (x if self.return_hidden else None)
 
 
 class ImageEmbedding(nn.Module):
@@ -178,6 +193,69 @@ class ImageEmbedding(nn.Module):
     return layers.LayerNorm(eps=1e-5, dtype=self.dtype, name="norm2")(h)
 
 
+class WanInputs(NamedTuple):
+  """What the blocks read, embedded from the model inputs by `embed_inputs`."""
+
+  tokens: jax.Array  # [B, N, E] patch-embedded latents
+  temb: jax.Array  # [B, E] timestep embedding (the output layer's modulation)
+  time_mod: jax.Array  # [B, 6, E] the blocks' shared modulation vectors
+  context: tuple[jax.Array, jax.Array | None]  # (text [B, L, E], image [B, M, E] or None)
+  angles: jax.Array  # [N, head_dim // 2] rotary angles
+  grid: tuple[int, int, int]  # (T', H', W') token grid
+
+
+def embed_inputs(config: WanDiTConfig, dtype: Dtype | None, latents, timesteps, text, image, caller: str = "WanDiT"):
+  """Checks the inputs (errors name `caller`) and embeds them (module docstring, steps 1-3) into `WanInputs`.
+
+  Called inside a compact `__call__`: the submodules it creates ('patch_embed', 'time_embed', 'time_proj',
+  'text_embed', 'image_embed') belong to the calling module, so `WanDiT` and the ControlNet's copy share one
+  param layout.
+  """
+  c = config
+  if latents.ndim != 5 or latents.shape[-1] != c.in_channels:
+    raise ValueError(f"{caller}: `latents` must have shape [B, T, H, W, in_channels={c.in_channels}], got "
+                     f"{latents.shape}")
+  batch = latents.shape[0]
+  grid = tuple(n // p for n, p in zip(latents.shape[1:4], c.patch_size, strict=True))
+  if any(n % p for n, p in zip(latents.shape[1:4], c.patch_size, strict=True)) or min(grid) < 1:
+    raise ValueError(f"{caller}: `latents` (T, H, W) = {latents.shape[1:4]} must be positive multiples of "
+                     f"patch_size={c.patch_size}")
+  if max(grid) > c.rope_max_seq_len:
+    raise ValueError(f"{caller}: the token grid {grid} exceeds rope_max_seq_len={c.rope_max_seq_len}")
+  timesteps = jnp.asarray(timesteps)
+  if timesteps.shape != (batch,):
+    raise ValueError(f"{caller}: `timesteps` must have shape [B={batch}], got {timesteps.shape}")
+  if text.ndim != 3 or text.shape[0] != batch or text.shape[-1] != c.text_dim:
+    raise ValueError(f"{caller}: `text` must have shape [B={batch}, L, text_dim={c.text_dim}], got {text.shape}")
+  if c.image_dim is None and image is not None:
+    raise ValueError(f"{caller}: `image` must be None without `config.image_dim` (a T2V config)")
+  if c.image_dim is not None:
+    image_len = c.pos_embed_seq_len or (image.shape[1] if image is not None and image.ndim == 3 else "M")
+    if image is None or image.shape != (batch, image_len, c.image_dim):
+      raise ValueError(f"{caller}: `image` must have shape [B={batch}, {image_len}, image_dim={c.image_dim}], got "
+                       f"{None if image is None else image.shape}")
+
+  width = c.width
+  x = layers.Dense(width, axes=(None, "embed"), use_bias=True, dtype=dtype, name="patch_embed")(
+    patchify(latents, c.patch_size)
+  )
+  x = nn.with_logical_constraint(x, _TOKENS)
+  angles = video_rope_angles(grid, c)
+  temb = TimestepEmbedding(width, channels=c.freq_dim, scale=1.0, use_bias=True, dtype=dtype, name="time_embed")(
+    timesteps
+  )
+  # Pinned to the activation layout (batch split, E whole), as `mmdit.model._pinned` explains: the 'mlp'-split
+  # output of the projection must not spread into the token stream.
+  time_mod = nn.with_logical_constraint(
+    jnp.stack(layers.AdaLNModulation(6, zero_init=False, use_bias=True, dtype=dtype, name="time_proj")(temb), 1),
+    ("activation_batch", None, "activation_embed"),
+  )
+  text_h = layers.MLP(width, activation="gelu_tanh", out_features=width, dtype=dtype, name="text_embed")(text)
+  text_h = nn.with_logical_constraint(text_h, _TOKENS)
+  image_h = None if c.image_dim is None else ImageEmbedding(c, dtype, name="image_embed")(image)
+  return WanInputs(x, temb, time_mod, (text_h, image_h), angles, grid)
+
+
 class WanDiT(nn.Module):
   """The Wan DiT under `config` (module docstring). Submodules: 'patch_embed', 'time_embed', 'time_proj',
   'text_embed', 'image_embed' (I2V), 'blocks' (or 'blocks_{i}'), 'proj_out'; param 'scale_shift_table' [2, E].
@@ -192,7 +270,13 @@ class WanDiT(nn.Module):
 
   @nn.compact
   def __call__(
-    self, latents: jax.Array, timesteps: jax.Array, text: jax.Array, image: jax.Array | None = None
+    self,
+    latents: jax.Array,
+    timesteps: jax.Array,
+    text: jax.Array,
+    image: jax.Array | None = None,
+    control_residuals: jax.Array | Sequence[jax.Array] | None = None,
+    control_scale: float | jax.Array = 1.0,
   ) -> jax.Array:
     """Predicts the flow-matching velocity of the latent video.
 
@@ -202,85 +286,84 @@ class WanDiT(nn.Module):
       text: [B, L, text_dim] text-encoder features (umT5; padding positions zeroed, as the Wan pipeline does).
       image: [B, M, image_dim] image-encoder tokens when `config.image_dim` is set (I2V; with `pos_embed_seq_len`
         M = pos_embed_seq_len, the first and last frames' tokens concatenated), else None.
+      control_residuals: ControlNet residuals [K, B, N, E] (or K arrays [B, N, E]), K <= num_layers: residual k is
+        added to the hidden state after block k (`controlnet.WanFlowControlNet`). None: the plain model.
+      control_scale: scalar or [B] weight of the residuals (0 for a sample: that sample is the plain model's).
     Returns:
       [B, T, H, W, out_channels].
     """
     c, dtype = self.config, self.dtype
-    if latents.ndim != 5 or latents.shape[-1] != c.in_channels:
-      raise ValueError(f"WanDiT: `latents` must have shape [B, T, H, W, in_channels={c.in_channels}], got "
-                       f"{latents.shape}")
-    batch = latents.shape[0]
-    grid = tuple(n // p for n, p in zip(latents.shape[1:4], c.patch_size, strict=True))
-    if any(n % p for n, p in zip(latents.shape[1:4], c.patch_size, strict=True)) or min(grid) < 1:
-      raise ValueError(f"WanDiT: `latents` (T, H, W) = {latents.shape[1:4]} must be positive multiples of "
-                       f"patch_size={c.patch_size}")
-    if max(grid) > c.rope_max_seq_len:
-      raise ValueError(f"WanDiT: the token grid {grid} exceeds rope_max_seq_len={c.rope_max_seq_len}")
-    timesteps = jnp.asarray(timesteps)
-    if timesteps.shape != (batch,):
-      raise ValueError(f"WanDiT: `timesteps` must have shape [B={batch}], got {timesteps.shape}")
-    if text.ndim != 3 or text.shape[0] != batch or text.shape[-1] != c.text_dim:
-      raise ValueError(f"WanDiT: `text` must have shape [B={batch}, L, text_dim={c.text_dim}], got {text.shape}")
-    if c.image_dim is None and image is not None:
-      raise ValueError("WanDiT: `image` must be None without `config.image_dim` (a T2V config)")
-    if c.image_dim is not None:
-      image_len = c.pos_embed_seq_len or (image.shape[1] if image is not None and image.ndim == 3 else "M")
-      if image is None or image.shape != (batch, image_len, c.image_dim):
-        raise ValueError(f"WanDiT: `image` must have shape [B={batch}, {image_len}, image_dim={c.image_dim}], got "
-                         f"{None if image is None else image.shape}")
+    inputs = embed_inputs(c, dtype, latents, timesteps, text, image)
+    x = inputs.tokens
+    if control_residuals is None:
+      x, _ = self._blocks()(x, inputs.time_mod, inputs.context, inputs.angles)
+    else:
+      residuals, scale = _check_control(c, x.shape, control_residuals, control_scale)
+      x, _ = self._blocks(controlled=True)(x, inputs.time_mod, inputs.context, inputs.angles, residuals, scale)
 
     width = c.width
-    x = layers.Dense(width, axes=(None, "embed"), use_bias=True, dtype=dtype, name="patch_embed")(
-      patchify(latents, c.patch_size)
-    )
-    x = nn.with_logical_constraint(x, _TOKENS)
-    angles = video_rope_angles(grid, c)
-    temb = TimestepEmbedding(width, channels=c.freq_dim, scale=1.0, use_bias=True, dtype=dtype, name="time_embed")(
-      timesteps
-    )
-    # Pinned to the activation layout (batch split, E whole), as `mmdit.model._pinned` explains: the 'mlp'-split
-    # output of the projection must not spread into the token stream.
-    time_mod = nn.with_logical_constraint(
-      jnp.stack(layers.AdaLNModulation(6, zero_init=False, use_bias=True, dtype=dtype, name="time_proj")(temb), 1),
-      ("activation_batch", None, "activation_embed"),
-    )
-    text_h = layers.MLP(width, activation="gelu_tanh", out_features=width, dtype=dtype, name="text_embed")(text)
-    text_h = nn.with_logical_constraint(text_h, _TOKENS)
-    image_h = None if c.image_dim is None else ImageEmbedding(c, dtype, name="image_embed")(image)
-
-    x, _ = self._blocks()(x, time_mod, (text_h, image_h), angles)
-
     table = self.param(
       "scale_shift_table", nn.with_logical_partitioning(nn.initializers.normal(width**-0.5), (None, "embed")),
       (2, width), jnp.float32,
     )
-    mods = table[None] + temb.astype(jnp.float32)[:, None]
+    mods = table[None] + inputs.temb.astype(jnp.float32)[:, None]
     h = _modulated_norm(x, mods[:, 0], mods[:, 1], c.eps, dtype)
     out = layers.Dense(c.out_features, axes=("embed", None), use_bias=True, dtype=dtype, name="proj_out")(h)
-    return unpatchify(out, grid, c.patch_size)
+    return unpatchify(out, inputs.grid, c.patch_size)
 
-  def _blocks(self):
-    """The blocks as one callable `(x, time_mod, context, angles) -> (x, None)`: scanned or unrolled."""
+  def _blocks(self, controlled: bool = False):
+    """The blocks as one callable `(x, time_mod, context, angles[, residuals, scale]) -> (x, None)`: scanned or
+    unrolled. `controlled` adds the ControlNet residuals [K, B, N, E] with scale [B] after the first K blocks."""
     c = self.config
     block_cls = layers.remat(WanBlock, c.remat_policy)
     if c.scan_layers:
+      broadcast = (nn.broadcast,) * (5 if controlled else 3)
       stack = nn.scan(
         block_cls,
         variable_axes={"params": 0},
         split_rngs={"params": True},
-        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+        in_axes=(*broadcast, 0) if controlled else broadcast,
         length=c.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
-      )
-      return stack(c, self.dtype, name="blocks")
+      )(c, self.dtype, name="blocks")
+      if not controlled:
+        return stack
+      # The layer index is the scanned input that picks each block's residual.
+      return lambda x, *args: stack(x, *args, jnp.arange(c.num_layers))
     blocks = [block_cls(c, self.dtype, name=f"blocks_{i}") for i in range(c.num_layers)]
 
-    def run(x, *args):
-      for block in blocks:
-        x, _ = block(x, *args)
+    def run(x, time_mod, context, angles, residuals=None, scale=None):
+      for i, block in enumerate(blocks):
+        if residuals is not None and i < residuals.shape[0]:
+          x, _ = block(x, time_mod, context, angles, residuals, scale, i)
+        else:
+          x, _ = block(x, time_mod, context, angles)
       return x, None
 
     return run
+
+
+def _check_control(config: WanDiTConfig, tokens_shape, control_residuals, control_scale):
+  """`control_residuals` stacked to [K, B, N, E] and `control_scale` broadcast to [B] float32, or a ValueError
+  naming the argument, the expected and the actual shape."""
+  residuals = control_residuals
+  if isinstance(residuals, (list, tuple)):
+    if not residuals or any(jnp.shape(r) != tuple(tokens_shape) for r in residuals):
+      raise ValueError(f"WanDiT: `control_residuals` given as a sequence must hold 1 to num_layers="
+                       f"{config.num_layers} arrays of shape [B, N, E]={tuple(tokens_shape)}, got "
+                       f"{[jnp.shape(r) for r in residuals]}")
+    residuals = jnp.stack(residuals)
+  residuals = jnp.asarray(residuals)
+  if residuals.ndim != 4 or residuals.shape[1:] != tuple(tokens_shape) or not 1 <= residuals.shape[0] <= (
+    config.num_layers
+  ):
+    raise ValueError(f"WanDiT: `control_residuals` must have shape [K, B, N, E] = [1..{config.num_layers}, "
+                     f"{', '.join(map(str, tokens_shape))}], got {residuals.shape}")
+  batch = tokens_shape[0]
+  scale = jnp.asarray(control_scale, jnp.float32)
+  if scale.shape not in ((), (batch,)):
+    raise ValueError(f"WanDiT: `control_scale` must be a scalar or have shape [B={batch}], got {scale.shape}")
+  return residuals, jnp.broadcast_to(scale, (batch,))
 
 
 def unstack_blocks(params: dict[str, Any], config: WanDiTConfig) -> dict[str, Any]:
