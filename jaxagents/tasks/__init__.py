@@ -15,6 +15,7 @@ TASKS = {
   "grpo": "jaxagents.tasks.grpo:GRPO",
   "onpolicy_distill": "jaxagents.tasks.onpolicy_distill:OnPolicyDistill",
   "text_to_image": "jaxagents.tasks.text_to_image:TextToImage",
+  "dynavid": "jaxagents.tasks.dynavid:DynaVid",
 }
 
 __all__ = ["TASKS", "Optimizer", "Phase", "Task", "get_task"]
