@@ -10,7 +10,9 @@ checkpoint's chat template (`models/qwen_vl/processor.py`); `--video` takes a GI
 separated by commas. Tokens are printed as they are chosen (`generation/stream.py`).
 
 A `--checkpoint` folder in a diffusers pipeline layout (transformer/, vae/) is a text-to-image model instead: see
-`jaxagents/sample_image.py` (prompts, size or aspect bucket, steps, CFG, seed; PNGs and a grid).
+`jaxagents/sample_image.py` (prompts, size or aspect bucket, steps, CFG, seed; PNGs and a grid). `--run` with the
+workdir of a DynaVid job samples flow and video from a caption and a first frame: see `jaxagents/sample_video.py`
+(GIFs of the generated flow and of the video with and without the flow ControlNet).
 """
 
 from __future__ import annotations
@@ -54,9 +56,11 @@ def conversation(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-  from jaxagents import sample_image
+  from jaxagents import sample_image, sample_video
 
   argv = sys.argv[1:] if argv is None else list(argv)
+  if any(a == "--run" or a.startswith("--run=") for a in argv):
+    return sample_video.main(argv)
   checkpoint = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--checkpoint"), None)
   checkpoint = checkpoint or next((a.split("=", 1)[1] for a in argv if a.startswith("--checkpoint=")), None)
   if checkpoint and sample_image.is_image_checkpoint(checkpoint):

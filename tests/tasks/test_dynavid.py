@@ -7,8 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
-from jaxagents import train
+from jaxagents import sample, train
 from jaxagents.data import motion_clips
 from jaxagents.data.motion_render import MotionConfig
 from jaxagents.sharding import unbox
@@ -107,3 +108,8 @@ def test_the_job_runs_its_four_phases_through_the_one_loop(tmp_path):
   for name in ("before.json", "after_autoencoder.json", "after_motion.json", "after_video.json",
                "final_metrics.json"):
     assert (tmp_path / name).exists(), name
+  # `python -m jaxagents.sample --run` reads the run's checkpoint and writes the two stages' GIFs.
+  assert sample.main(["--run", str(tmp_path), "--clips", "2", "--out", str(tmp_path / "cli")]) == 0
+  for name in ("flow_0.gif", "video_0.gif", "video_uncontrolled_1.gif"):
+    with Image.open(tmp_path / "cli" / name) as gif:
+      assert gif.n_frames > 1 and gif.size == (64, 64), name
