@@ -7,7 +7,8 @@ strings (`importlib.import_module`, the task registry) are not seen.
 Layers, from the bottom: kernels_pallas (standalone kernels) < layers < models; environments (envs), data
 pipelines (data), sparse attention (sparse), sampling (generation), diffusion schedules and samplers (diffusion)
 and RL math (rl) know no model; tasks put a
-model, an environment and a loss together, and only the loop (train.py), scripts and benchmarks pick tasks.
+model, an environment and a loss together, and only the loop (train.py), scripts, benchmarks and the sampler of a
+training run (sample_video.py) pick tasks.
 """
 
 import ast
@@ -21,7 +22,8 @@ PACKAGES = ("jaxagents", "kernels_pallas")
 MODELS, TASKS, RL, TRAIN = "jaxagents.models", "jaxagents.tasks", "jaxagents.rl", "jaxagents.train"
 GENERATION, ENVS, DATA = "jaxagents.generation", "jaxagents.envs", "jaxagents.data"
 PIPELINES = "jaxagents.pipelines"  # inference pipelines: models composed with samplers
-SCRIPTS = ("jaxagents.scripts", "scripts", "jaxagents.bench")  # entry points: scripts and benchmarks
+# Entry points: scripts, benchmarks, and the sampler of a training run (it rebuilds the run's task from its config).
+SCRIPTS = ("jaxagents.scripts", "scripts", "jaxagents.bench", "jaxagents.sample_video")
 
 # The rules as a table. FORBIDDEN: (importers, what they must not import, why).
 FORBIDDEN = (
