@@ -16,6 +16,7 @@ TASKS = {
   "onpolicy_distill": "jaxagents.tasks.onpolicy_distill:OnPolicyDistill",
   "text_to_image": "jaxagents.tasks.text_to_image:TextToImage",
   "dynavid": "jaxagents.tasks.dynavid:DynaVid",
+  "gui_grounding": "jaxagents.tasks.gui_grounding:GUIGrounding",
 }
 
 __all__ = ["TASKS", "Optimizer", "Phase", "Task", "get_task"]
