@@ -17,6 +17,7 @@ TASKS = {
   "text_to_image": "jaxagents.tasks.text_to_image:TextToImage",
   "dynavid": "jaxagents.tasks.dynavid:DynaVid",
   "gui_grounding": "jaxagents.tasks.gui_grounding:GUIGrounding",
+  "agentic_rl": "jaxagents.tasks.agentic_rl:AgenticRL",
 }
 
 __all__ = ["TASKS", "Optimizer", "Phase", "Task", "get_task"]
